@@ -1,0 +1,16 @@
+"""The federated loop: rounds, client-state stores, checkpoints, callbacks, reporting."""
+
+from lit_fed.loop.callbacks import LoopCallback
+from lit_fed.loop.checkpoint import load_checkpoint
+from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
+from lit_fed.loop.state_store import ClientStateStore, DiskStateStore, InMemoryStateStore
+
+__all__ = [
+    "ClientStateStore",
+    "DiskStateStore",
+    "FederatedLoop",
+    "FederatedResult",
+    "InMemoryStateStore",
+    "LoopCallback",
+    "load_checkpoint",
+]

@@ -1,0 +1,464 @@
+"""The FederatedLoop: rounds of client training driven by Lightning Trainers, aggregated by a strategy.
+
+Each round: sample clients (a seeded stream) → the strategy configures what each receives → for each
+sampled client, restore its personal state, receive the global state, ``Trainer.fit`` on its data,
+collect its typed update, store its personal state off the device → screen the updates (structure,
+finiteness) → aggregate (and optionally train on the server) → evaluate the global and every client's
+personalized model → log → checkpoint. A resumed run replays the same random streams and reaches the same
+numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from lit_fed.client.module import FederationMixin
+from lit_fed.client.payloads import ClientUpdate, ServerMessage, StateDict
+from lit_fed.loop.callbacks import LoopCallback
+from lit_fed.loop.checkpoint import (
+    LAST_NAME,
+    load_checkpoint,
+    prune_checkpoints,
+    round_checkpoint_path,
+    save_checkpoint,
+)
+from lit_fed.loop.reporting import plot_accuracy, render_summary, summarize
+from lit_fed.loop.state_store import ClientStateStore, InMemoryStateStore
+from lit_fed.metrics.communication import CommunicationMeter
+from lit_fed.metrics.evaluation import accumulate_accuracy, new_accuracy, pool_client_metrics
+from lit_fed.server.sampling import ClientSampler
+from lit_fed.server.strategy import FedAvg, ServerContext, Strategy
+from lit_fed.server.validation import screen_updates
+from lit_fed.utils.seeding import derive_seed
+
+log = logging.getLogger("lit_fed")
+
+CLIENT_TRAINER_DEFAULTS: dict[str, Any] = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "num_sanity_val_steps": 0,
+    "limit_val_batches": 0,
+}
+"""Per-client Trainer settings the loop owns (logging, checkpoints and progress are per round, not per fit)."""
+
+
+@dataclass
+class FederatedResult:
+    """What a finished run returns.
+
+    Attributes:
+        history: One dict of scalar metrics per round.
+        summary: Last and best of each accuracy metric.
+        global_state: The final global state.
+        run_dir: Where logs, plots and checkpoints were written.
+        last_checkpoint: Path of the last round checkpoint (``None`` if checkpointing was off).
+    """
+
+    history: list[dict[str, Any]]
+    summary: dict[str, dict[str, float]]
+    global_state: StateDict
+    run_dir: Path
+    last_checkpoint: Path | None = None
+    artifacts: dict[str, Path] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silences Lightning's per-fit banners (device info, 'max_epochs reached') during client fits."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+        warnings.filterwarnings("ignore", message=".*but have no `val_dataloader`.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+def _default_loggers(run_dir: Path, version: str = "") -> list[Any]:
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers: list[Any] = [CSVLogger(run_dir, name="logs", version=version)]
+    try:
+        import tensorboard  # noqa: F401
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(run_dir, name="tensorboard", version=version, default_hp_metric=False))
+    except ImportError:
+        pass
+    return loggers
+
+
+class FederatedLoop:
+    """Runs federated rounds over a client module, a federated datamodule and a server strategy.
+
+    Args:
+        client: The client module (a :class:`~lit_fed.client.module.FederatedClient` or a LightningModule made
+            federated by :func:`~lit_fed.client.module.federate`). One instance is the worker trained for every
+            client in turn; per-client state lives in ``state_store``.
+        datamodule: A :class:`~lit_fed.data.datamodule.FederatedDataModule` (or anything with its client API).
+        strategy: The server strategy (FedAvg by default).
+        rounds: Number of communication rounds.
+        client_fraction: Share of clients sampled per round, in (0, 1].
+        client_dropout: Probability that a sampled client fails to report (skipped, logged).
+        local_epochs: Local epochs per round (the client Trainer's ``max_epochs``).
+        local_steps: If set, local optimizer steps per round instead of epochs (``max_steps``).
+        eval_every: Evaluate every this many rounds (and always after the last round); 0 never evaluates.
+        personalized_eval: Evaluate every client's personalized model on its own test split.
+        seed: The run seed; every random stream derives from it.
+        trainer_kwargs: Per-client ``lightning.Trainer`` settings passed through untouched (``precision``,
+            ``accelerator``, ``devices``, ``strategy``, ``gradient_clip_val``, ``accumulate_grad_batches``, ...).
+        state_store: Where personal client state lives (in memory on CPU by default; or on disk).
+        run_dir: Directory for logs, plots and checkpoints.
+        checkpoint_every: Write a round checkpoint every this many rounds (0 disables).
+        keep_checkpoints: How many round checkpoints to keep besides ``last.ckpt``.
+        loggers: Lightning loggers for round metrics; ``None`` → CSV (+ TensorBoard when installed); ``[]`` → none.
+        callbacks: Round-level :class:`~lit_fed.loop.callbacks.LoopCallback` hooks.
+        progress: Show a rich progress bar over rounds.
+    """
+
+    def __init__(
+        self,
+        client: L.LightningModule,
+        datamodule: Any,
+        strategy: Strategy | None = None,
+        *,
+        rounds: int = 10,
+        client_fraction: float = 1.0,
+        client_dropout: float = 0.0,
+        local_epochs: int = 1,
+        local_steps: int | None = None,
+        eval_every: int = 1,
+        personalized_eval: bool = True,
+        seed: int = 0,
+        trainer_kwargs: dict[str, Any] | None = None,
+        state_store: ClientStateStore | None = None,
+        run_dir: str | Path = "runs/lit_fed",
+        checkpoint_every: int = 1,
+        keep_checkpoints: int = 2,
+        loggers: Sequence[Any] | None = None,
+        callbacks: Sequence[LoopCallback] = (),
+        progress: bool = True,
+    ) -> None:
+        if not isinstance(client, FederationMixin):
+            raise TypeError(
+                f"FederatedLoop: {type(client).__name__} is not a federated client; use a lit_fed client module "
+                "or wrap your LightningModule with lit_fed.federate(module)"
+            )
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        if local_steps is None and local_epochs < 1:
+            raise ValueError(f"local_epochs must be >= 1, got {local_epochs}")
+        if local_steps is not None and local_steps < 1:
+            raise ValueError(f"local_steps must be >= 1, got {local_steps}")
+        if eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0 disables evaluation), got {eval_every}")
+        self.client = client
+        self.datamodule = datamodule
+        self.strategy = strategy if strategy is not None else FedAvg()
+        self.rounds = rounds
+        self.local_epochs = local_epochs
+        self.local_steps = local_steps
+        self.eval_every = eval_every
+        self.personalized_eval = personalized_eval
+        self.seed = seed
+        self.state_store = state_store if state_store is not None else InMemoryStateStore()
+        self.run_dir = Path(run_dir)
+        self.checkpoint_every = checkpoint_every
+        self.keep_checkpoints = keep_checkpoints
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self._loggers = loggers
+        self.client_fraction = client_fraction
+        self.client_dropout = client_dropout
+        self.trainer_kwargs = dict(trainer_kwargs or {})
+        clashes = sorted(set(self.trainer_kwargs) & {"max_epochs", "max_steps"})
+        if clashes:
+            raise ValueError(f"set local_epochs/local_steps instead of the client Trainer's {clashes}")
+        self.history: list[dict[str, Any]] = []
+        self.comm = CommunicationMeter()
+        self.global_state: StateDict = {}
+        self.round = 0
+        self.eval_device = self._resolve_eval_device()
+
+    # -- setup -----------------------------------------------------------------------------------------
+    def _resolve_eval_device(self) -> torch.device:
+        accelerator = str(self.trainer_kwargs.get("accelerator", "auto"))
+        if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+
+    def client_trainer_kwargs(self) -> dict[str, Any]:
+        """The settings of every client Trainer: the user's pass-through plus the loop's own."""
+        kwargs = {**CLIENT_TRAINER_DEFAULTS, **self.trainer_kwargs}
+        for key in ("logger", "enable_checkpointing", "enable_progress_bar", "enable_model_summary"):
+            kwargs[key] = CLIENT_TRAINER_DEFAULTS[key]
+        if self.local_steps is not None:
+            kwargs.update(max_steps=self.local_steps, max_epochs=-1)
+        else:
+            kwargs.update(max_epochs=self.local_epochs)
+        return kwargs
+
+    def _setup(self) -> None:
+        self.datamodule.setup("fit")
+        self.num_clients = int(self.datamodule.num_clients)
+        self.sampler = ClientSampler(self.num_clients, self.client_fraction, self.seed, self.client_dropout)
+        shared = self.client.shared_keys()
+        if not shared:
+            raise ValueError("the client shares no parameters: every key is personal, nothing to aggregate")
+        self.global_state = self.client.shared_state()
+        self.initial_personal = self.client.personal_state()
+        self._client_kwargs = self.client_trainer_kwargs()
+        self._needs_per_client_eval = bool(self.initial_personal) or (
+            type(self.client).personalize is not FederationMixin.personalize
+        )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.loggers: list[Any] = [] if self._loggers is None else list(self._loggers)
+
+    # -- one client --------------------------------------------------------------------------------------
+    def train_client(self, message: ServerMessage) -> ClientUpdate:
+        """Restores a client, trains it with a Lightning Trainer, stores its personal state, returns its update."""
+        cid, rnd = message.client_id, message.round
+        self.client.load_personal_state(self.state_store.get(cid) or self.initial_personal)
+        self.client.receive_global(message)
+        torch.manual_seed(derive_seed(self.seed, "fit", rnd, cid))
+        with _quiet_lightning():
+            trainer = L.Trainer(**self._client_kwargs)
+            trainer.fit(self.client, train_dataloaders=self.datamodule.client_train_dataloader(cid, rnd))
+        update = self.client.build_update(num_samples=self.datamodule.client_num_train_samples(cid))
+        personal = self.client.personal_state()
+        if personal:
+            self.state_store.put(cid, personal, rnd)
+        return update
+
+    # -- evaluation --------------------------------------------------------------------------------------
+    def _load_for(self, client_id: int | None) -> None:
+        personal = self.initial_personal if client_id is None else (
+            self.state_store.get(client_id) or self.initial_personal
+        )
+        self.client.load_personal_state(personal)
+        self.client.load_state(self.global_state, what="global state")
+
+    def evaluate(self) -> dict[str, float]:
+        """Global accuracy on the global test set and personalized accuracy on every client's test split."""
+        module, device = self.client, self.eval_device
+        num_classes = int(self.datamodule.num_classes)
+        was_training = module.training
+        module.to(device)
+        module.eval()
+        metrics: dict[str, float] = {}
+        try:
+            self._load_for(None)
+            glob = accumulate_accuracy(
+                new_accuracy(num_classes), module.global_logits, self.datamodule.global_test_dataloader(), device
+            )
+            metrics["global_acc"] = float(glob.compute())
+            if self.personalized_eval:
+                per_client = {}
+                for cid in range(self.num_clients):
+                    if self._needs_per_client_eval:
+                        self._load_for(cid)
+                        module.personalize(self.datamodule.client_train_dataloader(cid, self.round))
+                        module.eval()
+                    per_client[cid] = accumulate_accuracy(
+                        new_accuracy(num_classes),
+                        module.predict_logits,
+                        self.datamodule.client_test_dataloader(cid),
+                        device,
+                    )
+                metrics.update(pool_client_metrics(per_client, num_classes).as_metrics())
+        finally:
+            module.to("cpu")
+            module.train(was_training)
+        return metrics
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        return {"seed": self.seed, "num_clients": self.num_clients, "strategy": type(self.strategy).__name__}
+
+    def checkpoint_payload(self, completed_round: int) -> dict[str, Any]:
+        """Everything needed to resume after ``completed_round``."""
+        return {
+            "round": completed_round,
+            "identity": self._identity(),
+            "global_state": self.global_state,
+            "initial_personal": self.initial_personal,
+            "strategy": self.strategy.state_dict(),
+            "store": self.state_store.state_dict(),
+            "comm": self.comm.state_dict(),
+            "history": self.history,
+        }
+
+    def save_checkpoint(self, completed_round: int) -> Path:
+        """Writes ``round_<r>.ckpt`` and ``last.ckpt``; returns the latter."""
+        payload = self.checkpoint_payload(completed_round)
+        save_checkpoint(payload, round_checkpoint_path(self.checkpoint_dir, completed_round))
+        last = self.checkpoint_dir / LAST_NAME
+        save_checkpoint(payload, last)
+        prune_checkpoints(self.checkpoint_dir, self.keep_checkpoints)
+        return last
+
+    def restore(self, path: str | Path) -> int:
+        """Restores a round checkpoint; returns the first round still to run."""
+        payload = load_checkpoint(path)
+        identity = payload["identity"]
+        if identity != self._identity():
+            raise ValueError(
+                f"checkpoint {path} belongs to a different run: it has {identity}, this run has {self._identity()}"
+            )
+        missing = set(self.global_state) ^ set(payload["global_state"])
+        if missing:
+            raise ValueError(f"checkpoint {path}: global state keys differ from the client's: {sorted(missing)[:5]}")
+        self.global_state = payload["global_state"]
+        self.initial_personal = payload["initial_personal"]
+        self.strategy.load_state_dict(payload["strategy"])
+        self.state_store.load_state_dict(payload["store"])
+        self.comm.load_state_dict(payload["comm"])
+        self.history = list(payload["history"])
+        return int(payload["round"]) + 1
+
+    # -- logging ---------------------------------------------------------------------------------------
+    def _log(self, metrics: dict[str, Any], round: int) -> None:
+        scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and k != "round"}
+        for logger in self.loggers:
+            logger.log_metrics(scalars, step=round)
+            logger.save()
+
+    # -- the run -----------------------------------------------------------------------------------------
+    def run_round(self, rnd: int) -> dict[str, Any]:
+        """Runs one round and returns its metrics."""
+        self.round = rnd
+        started = time.perf_counter()
+        for callback in self.callbacks:
+            callback.on_round_start(self, rnd)
+        participants = self.sampler.sample(rnd)
+        self.comm.start_round()
+        messages = self.strategy.configure_train(rnd, participants.reporting, self.global_state)
+        for cid in participants.dropped:
+            log.info("round %d: client %d dropped out (did not report)", rnd, cid)
+        updates = []
+        for message in messages:
+            self.comm.download(message)
+            update = self.train_client(message)
+            self.comm.upload(update)
+            updates.append(update)
+        accepted, rejected = screen_updates(updates, self.global_state)
+        for _, reason in rejected:
+            log.warning(reason)
+        if accepted:
+            self.global_state = self.strategy.aggregate_train(rnd, accepted, self.global_state)
+            context = ServerContext(
+                round=rnd,
+                client_template=self.client,
+                datamodule=self.datamodule,
+                trainer_kwargs=dict(self._client_kwargs),
+                logger=lambda m: self._log(m, rnd),
+            )
+            self.global_state = self.strategy.server_train(self.global_state, accepted, context)
+        else:
+            log.warning("round %d: no client update was accepted; the global state is unchanged", rnd)
+        metrics: dict[str, Any] = {
+            "round": rnd,
+            "clients": len(participants.sampled),
+            "dropped": len(participants.dropped),
+            "rejected": len(rejected),
+            **self.comm.round_metrics(),
+        }
+        losses = [u.metrics["train_loss"] for u in accepted if "train_loss" in u.metrics]
+        if losses:
+            metrics["train_loss"] = sum(losses) / len(losses)
+        if self.eval_every and ((rnd + 1) % self.eval_every == 0 or rnd == self.rounds - 1):
+            metrics.update(self.evaluate())
+        metrics["round_seconds"] = time.perf_counter() - started
+        self.history.append(metrics)
+        self._log(metrics, rnd)
+        for callback in self.callbacks:
+            callback.on_round_end(self, rnd, metrics)
+        return metrics
+
+    def run(self, resume_from: str | Path | None = None) -> FederatedResult:
+        """Runs all rounds (from a round checkpoint if ``resume_from`` is given) and writes the report."""
+        self._setup()
+        self.strategy.initialize(copy.deepcopy(self.global_state))
+        start = self.restore(resume_from) if resume_from is not None else 0
+        if self._loggers is None:  # a resumed run logs into its own version: earlier rounds' logs stay intact
+            self.loggers = _default_loggers(self.run_dir, version="" if start == 0 else f"resumed_at_round_{start}")
+        last_ckpt: Path | None = None
+        if start > 0:
+            last_ckpt = Path(resume_from)  # type: ignore[arg-type]
+        with self._progress() as progress:
+            task = progress.add_task("rounds", total=self.rounds, completed=start, status="")
+            for rnd in range(start, self.rounds):
+                metrics = self.run_round(rnd)
+                if self.checkpoint_every and ((rnd + 1) % self.checkpoint_every == 0 or rnd == self.rounds - 1):
+                    last_ckpt = self.save_checkpoint(rnd)
+                progress.update(task, advance=1, status=self._status(metrics))
+        return self._finish(last_ckpt)
+
+    def _status(self, metrics: dict[str, Any]) -> str:
+        parts = [f"{k}={100 * metrics[k]:.2f}%" for k in ("global_acc", "personal_acc") if k in metrics]
+        if "train_loss" in metrics:
+            parts.append(f"loss={metrics['train_loss']:.4f}")
+        return " ".join(parts)
+
+    def _progress(self) -> Any:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        class _RoundsPerSecond(TextColumn):
+            def render(self, task: Any) -> Any:
+                from rich.text import Text
+
+                speed = task.finished_speed or task.speed
+                return Text(f"{speed:.3f} rounds/s" if speed else "")
+
+        return Progress(
+            TextColumn("[bold]federated"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _RoundsPerSecond(""),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),
+            disable=not self.progress,
+        )
+
+    def _finish(self, last_ckpt: Path | None) -> FederatedResult:
+        summary = summarize(self.history)
+        artifacts = {"accuracy_plot": plot_accuracy(self.history, self.run_dir / "accuracy.png")}
+        if hasattr(self.datamodule, "plot_partition"):
+            artifacts["partition_plot"] = Path(self.datamodule.plot_partition(self.run_dir / "partition.png"))
+        totals = {"MB down (total)": self.comm.total_down / 1e6, "MB up (total)": self.comm.total_up / 1e6}
+        if self.progress:
+            from rich.console import Console
+
+            Console().print(render_summary(summary, totals))
+        for logger in self.loggers:
+            logger.finalize("success")
+        return FederatedResult(
+            history=self.history,
+            summary=summary,
+            global_state=self.global_state,
+            run_dir=self.run_dir,
+            last_checkpoint=last_ckpt,
+            artifacts=artifacts,
+        )

@@ -1,0 +1,62 @@
+"""End-of-run reporting: last/best summary, a rich table, and an accuracy-per-round plot."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SUMMARY_KEYS = ("global_acc", "personal_acc", "personal_acc_mean", "personal_acc_std", "personal_acc_p10")
+
+
+def summarize(history: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Last and best value of each accuracy metric over the evaluated rounds (best = max over rounds)."""
+    summary: dict[str, dict[str, float]] = {}
+    for key in SUMMARY_KEYS:
+        values = [(h["round"], h[key]) for h in history if key in h and not math.isnan(h[key])]
+        if not values:
+            continue
+        best_round, best = max(values, key=lambda rv: rv[1]) if "std" not in key else min(values, key=lambda rv: rv[1])
+        summary[key] = {"last": values[-1][1], "best": best, "best_round": best_round}
+    return summary
+
+
+def render_summary(summary: dict[str, dict[str, float]], totals: dict[str, float]) -> Any:
+    """A rich ``Table`` of the summary (accuracies in %) and the communication totals."""
+    from rich.table import Table
+
+    table = Table(title="lit_fed results")
+    table.add_column("metric")
+    table.add_column("last", justify="right")
+    table.add_column("best", justify="right")
+    table.add_column("best round", justify="right")
+    for key, row in summary.items():
+        table.add_row(key, f"{100 * row['last']:.2f}", f"{100 * row['best']:.2f}", str(int(row["best_round"])))
+    for key, value in totals.items():
+        table.add_row(key, f"{value:.2f}", "", "")
+    return table
+
+
+def plot_accuracy(history: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Writes a PNG of global and personalized accuracy per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("global_acc", "global"), ("personal_acc", "personalized (pooled)")):
+        points = [(h["round"] + 1, 100 * h[key]) for h in history if key in h]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title or "accuracy per round")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,69 @@
+"""Communication accounting: bytes sent down (server → client) and up (client → server).
+
+Sizes are those of the wire format in :mod:`lit_fed.client.serialization` — what is actually serialized —
+per client and per round.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from lit_fed.client.payloads import ClientUpdate, ServerMessage
+from lit_fed.client.serialization import message_nbytes, update_nbytes
+
+
+class CommunicationMeter:
+    """Counts bytes per round and per client, and in total."""
+
+    def __init__(self) -> None:
+        self.round_down = 0
+        self.round_up = 0
+        self.total_down = 0
+        self.total_up = 0
+        self.per_client_down: dict[int, int] = defaultdict(int)
+        self.per_client_up: dict[int, int] = defaultdict(int)
+
+    def start_round(self) -> None:
+        """Resets the per-round counters."""
+        self.round_down = 0
+        self.round_up = 0
+
+    def download(self, message: ServerMessage) -> int:
+        """Counts a server message; returns its size."""
+        size = message_nbytes(message)
+        self.round_down += size
+        self.total_down += size
+        self.per_client_down[message.client_id] += size
+        return size
+
+    def upload(self, update: ClientUpdate) -> int:
+        """Counts a client update; returns its size."""
+        size = update_nbytes(update)
+        self.round_up += size
+        self.total_up += size
+        self.per_client_up[update.client_id] += size
+        return size
+
+    def round_metrics(self) -> dict[str, float]:
+        """This round's and the cumulative megabytes (10⁶ bytes)."""
+        return {
+            "mb_down": self.round_down / 1e6,
+            "mb_up": self.round_up / 1e6,
+            "mb_down_total": self.total_down / 1e6,
+            "mb_up_total": self.total_up / 1e6,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "total_down": self.total_down,
+            "total_up": self.total_up,
+            "per_client_down": dict(self.per_client_down),
+            "per_client_up": dict(self.per_client_up),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total_down = int(state["total_down"])
+        self.total_up = int(state["total_up"])
+        self.per_client_down = defaultdict(int, {int(k): int(v) for k, v in state["per_client_down"].items()})
+        self.per_client_up = defaultdict(int, {int(k): int(v) for k, v in state["per_client_up"].items()})

@@ -1,0 +1,61 @@
+"""Aggregation rules: how a list of client states becomes one state.
+
+:class:`WeightedMean` is FedAvg's rule (McMahan et al. 2017, Alg. 1): ``w ← Σ_k p_k w_k`` with
+``p_k = n_k / Σ_j n_j``, over floating-point tensors. Integer tensors (BatchNorm's ``num_batches_tracked``)
+are not averaged: they are taken from the update with the most samples. Robust rules (median, trimmed mean,
+Krum, centered clipping) implement the same :class:`Aggregator` interface and drop in anywhere a mean is used.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from lit_fed.client.payloads import StateDict
+
+
+def sample_weights(num_samples: Sequence[int]) -> Tensor:
+    """``p_k = n_k / Σ n_j`` as a float64 tensor.
+
+    Raises:
+        ValueError: no updates, or the total sample count is not positive.
+    """
+    counts = torch.as_tensor(list(num_samples), dtype=torch.float64)
+    if counts.numel() == 0:
+        raise ValueError("cannot aggregate zero client updates")
+    if (counts < 0).any() or counts.sum() <= 0:
+        raise ValueError(f"client sample counts must be non-negative with a positive total, got {counts.tolist()}")
+    return counts / counts.sum()
+
+
+class Aggregator(ABC):
+    """Combines client states into one state, key by key."""
+
+    @abstractmethod
+    def __call__(self, states: Sequence[StateDict], weights: Tensor) -> StateDict:
+        """Aggregates ``states`` (all with the same keys) given normalized ``weights``."""
+
+
+def _integer_passthrough(states: Sequence[StateDict], weights: Tensor, key: str) -> Tensor:
+    return states[int(torch.argmax(weights))][key].clone()
+
+
+class WeightedMean(Aggregator):
+    """Sample-weighted mean of floating-point tensors (FedAvg); integer tensors pass through unaveraged."""
+
+    def __call__(self, states: Sequence[StateDict], weights: Tensor) -> StateDict:
+        out: StateDict = {}
+        for key, first in states[0].items():
+            if not torch.is_floating_point(first):
+                out[key] = _integer_passthrough(states, weights, key)
+                continue
+            stacked = torch.stack([s[key].to(torch.float64) for s in states])
+            w = weights.to(torch.float64).view(-1, *([1] * first.dim()))
+            out[key] = (stacked * w).sum(0).to(first.dtype)
+        return out
+
+    def __repr__(self) -> str:
+        return "WeightedMean()"

@@ -1,0 +1,168 @@
+"""``FederatedTrainer``: a ``lightning.Trainer`` whose ``fit`` runs federated rounds.
+
+It adds the federation's arguments (rounds, client fraction, server strategy, ...) to Lightning's Trainer and
+forwards every other Trainer option untouched to each client's Trainer — so LightningCLI shows all of them in
+``--help``, ``--print_config`` and YAML, and ``lit-fed fit --config x.yaml`` is a genuine LightningCLI fit with
+``model:`` the client module, ``data:`` the federated datamodule and ``trainer:`` both levels' settings.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from rich.console import Console
+
+from lit_fed.loop.callbacks import LoopCallback
+from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
+from lit_fed.loop.state_store import ClientStateStore
+from lit_fed.server.strategy import Strategy
+
+_TRAINER_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(L.Trainer.__init__).parameters.items()
+    if p.default is not inspect.Parameter.empty
+}
+_OUTER_ONLY = ("logger", "default_root_dir")
+
+
+class FederatedTrainer(L.Trainer):
+    """A Trainer that federates: ``fit`` runs a :class:`~lit_fed.loop.federated_loop.FederatedLoop`.
+
+    Args:
+        rounds: Communication rounds.
+        server: The server strategy (FedAvg when omitted).
+        client_fraction: Share of clients sampled per round, in (0, 1].
+        client_dropout: Probability that a sampled client fails to report.
+        local_epochs: Local epochs per round (each client Trainer's ``max_epochs``).
+        local_steps: Local optimizer steps per round instead of epochs.
+        eval_every: Evaluate every this many rounds (0: never).
+        personalized_eval: Evaluate every client's personalized model.
+        seed: Seed of client sampling and local training streams (linked to ``seed_everything`` by the CLI).
+        state_store: Where personal client state lives (in memory by default).
+        run_dir: Output directory (logs, plots, checkpoints, the saved config).
+        checkpoint_every: Round-checkpoint period (0 disables).
+        keep_checkpoints: Round checkpoints kept besides ``last.ckpt``.
+        round_callbacks: Round-level loop callbacks.
+        progress: Show the rounds progress bar and the final table.
+        callbacks: Lightning callbacks for every client Trainer (local training).
+        **kwargs: Any ``lightning.Trainer`` option. ``logger`` receives the round metrics; everything else
+            (``precision``, ``accelerator``, ``devices``, ``strategy``, ``callbacks``, gradient clipping, ...) is
+            passed to every client Trainer. Use ``local_epochs``/``local_steps``, not ``max_epochs``/``max_steps``.
+    """
+
+    def __init__(
+        self,
+        *,
+        rounds: int = 10,
+        server: Strategy | None = None,
+        client_fraction: float = 1.0,
+        client_dropout: float = 0.0,
+        local_epochs: int = 1,
+        local_steps: int | None = None,
+        eval_every: int = 1,
+        personalized_eval: bool = True,
+        seed: int = 0,
+        state_store: ClientStateStore | None = None,
+        run_dir: str = "runs/lit_fed",
+        checkpoint_every: int = 1,
+        keep_checkpoints: int = 2,
+        round_callbacks: Sequence[LoopCallback] = (),
+        progress: bool = True,
+        callbacks: list[Callback] | Callback | None = None,
+        **kwargs: Any,
+    ) -> None:
+        user_set = {k: v for k, v in kwargs.items() if k not in _TRAINER_DEFAULTS or v != _TRAINER_DEFAULTS[k]}
+        for key in ("max_epochs", "max_steps"):
+            if key in user_set:
+                raise ValueError(f"FederatedTrainer: set local_epochs/local_steps instead of trainer.{key}")
+        self.federation: dict[str, Any] = {
+            "rounds": rounds,
+            "strategy": server,
+            "client_fraction": client_fraction,
+            "client_dropout": client_dropout,
+            "local_epochs": local_epochs,
+            "local_steps": local_steps,
+            "eval_every": eval_every,
+            "personalized_eval": personalized_eval,
+            "seed": seed,
+            "state_store": state_store,
+            "run_dir": run_dir,
+            "checkpoint_every": checkpoint_every,
+            "keep_checkpoints": keep_checkpoints,
+            "callbacks": list(round_callbacks),
+            "progress": progress,
+        }
+        logger = user_set.pop("logger", None)
+        self.round_loggers = None if logger in (None, True) else ([] if logger is False else logger)
+        if self.round_loggers is not None and not isinstance(self.round_loggers, list):
+            self.round_loggers = [self.round_loggers]
+        self.client_kwargs = {k: v for k, v in user_set.items() if k not in _OUTER_ONLY}
+        if callbacks:
+            self.client_kwargs["callbacks"] = callbacks if isinstance(callbacks, list) else [callbacks]
+        self.federated_result: FederatedResult | None = None
+        # The outer Trainer trains nothing: every user setting went to the client Trainers above. ``**kwargs`` is
+        # forwarded literally so that jsonargparse/LightningCLI expose all Trainer options on this class.
+        kwargs.clear()
+        kwargs.update(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=run_dir,
+        )
+        super().__init__(**kwargs)
+
+    def build_loop(self, model: L.LightningModule, datamodule: Any) -> FederatedLoop:
+        """The FederatedLoop this trainer's settings describe."""
+        return FederatedLoop(
+            model,
+            datamodule,
+            trainer_kwargs=self.client_kwargs,
+            loggers=self.round_loggers,
+            **self.federation,
+        )
+
+    def fit(  # type: ignore[override]
+        self,
+        model: L.LightningModule,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        datamodule: Any = None,
+        ckpt_path: str | Path | None = None,
+        weights_only: bool | None = None,
+    ) -> None:
+        """Runs the federated rounds; ``ckpt_path`` resumes from a round checkpoint (file or run directory)."""
+        if datamodule is None:
+            raise ValueError("FederatedTrainer.fit needs a federated datamodule (data: in the config)")
+        self.federated_result = self.build_loop(model, datamodule).run(resume_from=ckpt_path)
+
+    def _evaluate_checkpoint(self, model: L.LightningModule, datamodule: Any, ckpt_path: Any) -> list[dict]:
+        if datamodule is None or ckpt_path is None:
+            raise ValueError("validate/test of a federated run needs data: and --ckpt_path (a round checkpoint)")
+        loop = self.build_loop(model, datamodule)
+        loop._setup()
+        loop.restore(ckpt_path)
+        metrics = loop.evaluate()
+        Console().print({k: round(100 * v, 2) for k, v in metrics.items()})
+        return [metrics]
+
+    def validate(  # type: ignore[override]
+        self, model: L.LightningModule | None = None, dataloaders: Any = None, ckpt_path: Any = None,
+        verbose: bool = True, datamodule: Any = None, weights_only: bool | None = None,
+    ) -> list[dict]:
+        """Evaluates a saved federated checkpoint: global and personalized accuracy."""
+        return self._evaluate_checkpoint(model, datamodule, ckpt_path)  # type: ignore[arg-type]
+
+    def test(  # type: ignore[override]
+        self, model: L.LightningModule | None = None, dataloaders: Any = None, ckpt_path: Any = None,
+        verbose: bool = True, datamodule: Any = None, weights_only: bool | None = None,
+    ) -> list[dict]:
+        """Same as :meth:`validate` (the clients' test splits and the global test set)."""
+        return self._evaluate_checkpoint(model, datamodule, ckpt_path)  # type: ignore[arg-type]
