@@ -34,7 +34,14 @@ def build(batch_size: int, seed: int) -> tuple[FederatedClient, FederatedDataMod
 
 def run_lit_fed(client, dm, rounds: int, accelerator: str, precision: str) -> tuple[float, dict]:
     loop = FederatedLoop(
-        client, dm, FedAvg(), rounds=rounds, eval_every=0, checkpoint_every=0, loggers=[], progress=False,
+        client,
+        dm,
+        FedAvg(),
+        rounds=rounds,
+        eval_every=0,
+        checkpoint_every=0,
+        loggers=[],
+        progress=False,
         trainer_kwargs={"accelerator": accelerator, "devices": 1, "precision": precision},
         run_dir="/tmp/lit_fed_overhead",
     )
@@ -105,11 +112,18 @@ def main() -> None:
         if torch.is_floating_point(v)
     )
     t_lit, t_plain = min(lit_times), min(plain_times)
-    print(f"setting: FedAvgCNN, Fashion-MNIST Dir(0.1), 20 clients, batch {args.batch_size}, 1 local epoch, "
-          f"SGD lr 0.005, {args.rounds} round(s), {steps} SGD steps, {args.accelerator} {args.precision}, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"plain PyTorch : {t_plain:8.2f} s  ({1e3 * t_plain / steps:.3f} ms/step)   runs {[round(t, 2) for t in plain_times]}")
-    print(f"lit_fed       : {t_lit:8.2f} s  ({1e3 * t_lit / steps:.3f} ms/step)   runs {[round(t, 2) for t in lit_times]}")
+    print(
+        f"setting: FedAvgCNN, Fashion-MNIST Dir(0.1), 20 clients, batch {args.batch_size}, 1 local epoch, "
+        f"SGD lr 0.005, {args.rounds} round(s), {steps} SGD steps, {args.accelerator} {args.precision}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"plain PyTorch : {t_plain:8.2f} s  ({1e3 * t_plain / steps:.3f} ms/step)   "
+        f"runs {[round(t, 2) for t in plain_times]}"
+    )
+    print(
+        f"lit_fed       : {t_lit:8.2f} s  ({1e3 * t_lit / steps:.3f} ms/step)   runs {[round(t, 2) for t in lit_times]}"
+    )
     print(f"ratio lit_fed/plain = {t_lit / t_plain:.3f}")
     print(f"max |w_lit_fed - w_plain| = {diff:.3e}")
 

@@ -34,13 +34,20 @@ def child(num_clients: int, rounds: int) -> dict:
     dm.setup()
     rss_after_setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     loop = FederatedLoop(
-        client, dm, FedAvg(), rounds=rounds, client_fraction=SAMPLED_PER_ROUND / num_clients, eval_every=0,
-        checkpoint_every=0, loggers=[], progress=False, trainer_kwargs={"accelerator": "cpu"},
+        client,
+        dm,
+        FedAvg(),
+        rounds=rounds,
+        client_fraction=SAMPLED_PER_ROUND / num_clients,
+        eval_every=0,
+        checkpoint_every=0,
+        loggers=[],
+        progress=False,
+        trainer_kwargs={"accelerator": "cpu"},
         run_dir="/tmp/lit_fed_scale",
     )
-    start = time.perf_counter()
-    loop.run()
-    train_seconds = time.perf_counter() - start
+    result = loop.run()
+    train_seconds = sum(h["round_seconds"] for h in result.history)  # the rounds, not the end-of-run report
     # every client gets a personal state: touch all of them as a long run would
     personal = loop.client.personal_state()
     for cid in range(num_clients):
@@ -74,23 +81,37 @@ def main() -> None:
         return
     rows = []
     for n in args.clients:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", str(n), "--rounds", str(args.rounds)],
-            check=True, capture_output=True, text=True,
-        ).stdout.strip().splitlines()[-1]
+        out = (
+            subprocess.run(
+                [sys.executable, __file__, "--child", str(n), "--rounds", str(args.rounds)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         rows.append(json.loads(out))
-    print(f"FedAvgCNN + personal head, Fashion-MNIST IID, {SAMPLED_PER_ROUND} sampled clients/round, "
-          f"{args.rounds} rounds, CPU")
-    header = (f"{'clients':>8} {'peak RSS MB':>12} {'RSS after data MB':>18} {'store MB':>9} "
-              f"{'N full copies MB':>17} {'s/sampled client':>17} {'eval all clients s':>19}")
+    print(
+        f"FedAvgCNN + personal head, Fashion-MNIST IID, {SAMPLED_PER_ROUND} sampled clients/round, "
+        f"{args.rounds} rounds, CPU"
+    )
+    header = (
+        f"{'clients':>8} {'peak RSS MB':>12} {'RSS after data MB':>18} {'store MB':>9} "
+        f"{'N full copies MB':>17} {'s/sampled client':>17} {'eval all clients s':>19}"
+    )
     print(header)
     for r in rows:
-        print(f"{r['clients']:>8} {r['peak_rss_mb']:>12.0f} {r['rss_after_data_mb']:>18.0f} {r['store_mb']:>9.2f} "
-              f"{r['full_copies_mb']:>17.1f} {r['s_per_sampled_client']:>17.3f} {r['eval_all_clients_s']:>19.2f}")
+        print(
+            f"{r['clients']:>8} {r['peak_rss_mb']:>12.0f} {r['rss_after_data_mb']:>18.0f} {r['store_mb']:>9.2f} "
+            f"{r['full_copies_mb']:>17.1f} {r['s_per_sampled_client']:>17.3f} {r['eval_all_clients_s']:>19.2f}"
+        )
     base = rows[0]
     for r in rows[1:]:
-        print(f"{base['clients']}→{r['clients']} clients: peak RSS x{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}, "
-              f"s/sampled client x{r['s_per_sampled_client'] / base['s_per_sampled_client']:.2f}")
+        print(
+            f"{base['clients']}→{r['clients']} clients: peak RSS x{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}, "
+            f"s/sampled client x{r['s_per_sampled_client'] / base['s_per_sampled_client']:.2f}"
+        )
 
 
 if __name__ == "__main__":

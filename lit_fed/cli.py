@@ -1,4 +1,4 @@
-"""``lit-fed``: LightningCLI over a federated client module, datamodule and :class:`FederatedTrainer`.
+r"""``lit-fed``: LightningCLI over a federated client module, datamodule and :class:`FederatedTrainer`.
 
 Examples:
     lit-fed fit --config configs/quickstart.yaml
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from typing_extensions import override
 
 from lit_fed.client.module import FederatedClient
 from lit_fed.data.datamodule import FederatedDataModule
@@ -23,6 +24,7 @@ from lit_fed.trainer import FederatedTrainer
 class FederatedCLI(LightningCLI):
     """LightningCLI with one seed for partitions, sampling and local training."""
 
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("seed_everything", "trainer.seed")
         parser.link_arguments("seed_everything", "data.init_args.seed")

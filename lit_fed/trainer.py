@@ -154,15 +154,25 @@ class FederatedTrainer(L.Trainer):
         return [metrics]
 
     def validate(  # type: ignore[override]
-        self, model: L.LightningModule | None = None, dataloaders: Any = None, ckpt_path: Any = None,
-        verbose: bool = True, datamodule: Any = None, weights_only: bool | None = None,
+        self,
+        model: L.LightningModule | None = None,
+        dataloaders: Any = None,
+        ckpt_path: Any = None,
+        verbose: bool = True,
+        datamodule: Any = None,
+        weights_only: bool | None = None,
     ) -> list[dict]:
         """Evaluates a saved federated checkpoint: global and personalized accuracy."""
         return self._evaluate_checkpoint(model, datamodule, ckpt_path)  # type: ignore[arg-type]
 
     def test(  # type: ignore[override]
-        self, model: L.LightningModule | None = None, dataloaders: Any = None, ckpt_path: Any = None,
-        verbose: bool = True, datamodule: Any = None, weights_only: bool | None = None,
+        self,
+        model: L.LightningModule | None = None,
+        dataloaders: Any = None,
+        ckpt_path: Any = None,
+        verbose: bool = True,
+        datamodule: Any = None,
+        weights_only: bool | None = None,
     ) -> list[dict]:
         """Same as :meth:`validate` (the clients' test splits and the global test set)."""
         return self._evaluate_checkpoint(model, datamodule, ckpt_path)  # type: ignore[arg-type]

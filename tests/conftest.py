@@ -35,9 +35,6 @@ def datamodule() -> FederatedDataModule:
     return make_datamodule()
 
 
-
-
-
 @pytest.fixture
 def client_factory():
     """``client_factory(seed=0, **FederatedClient kwargs)`` builds a TinyCNN client."""

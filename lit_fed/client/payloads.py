@@ -87,8 +87,4 @@ class ClientUpdate:
 
     def delta(self, reference: StateDict) -> StateDict:
         """Returns ``state - reference`` for the floating-point keys (the model update ``w_k - w_g``)."""
-        return {
-            key: value - reference[key]
-            for key, value in self.state.items()
-            if torch.is_floating_point(value)
-        }
+        return {key: value - reference[key] for key, value in self.state.items() if torch.is_floating_point(value)}

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lit_fed.client.payloads import ServerMessage
 
@@ -56,6 +57,7 @@ class ProximalTerm(Regularizer):
         self._params: list[nn.Parameter] = []
         self._anchors: list[Tensor] = []
 
+    @override
     def on_round_start(self, client: FederationMixin, message: ServerMessage) -> None:
         named = dict(client.named_parameters())
         self._params, self._anchors = [], []
@@ -65,6 +67,7 @@ class ProximalTerm(Regularizer):
                 self._params.append(param)
                 self._anchors.append(message.state[key].detach().to(torch.float32).clone())
 
+    @override
     def __call__(self, client: FederationMixin) -> Tensor:
         if not self._params:
             raise RuntimeError("ProximalTerm used before the client received a global state")

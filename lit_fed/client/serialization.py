@@ -79,8 +79,10 @@ def decode_tensors(data: bytes) -> dict[str, Tensor]:
         nbytes = numel * torch.empty((), dtype=dtype).element_size()
         raw = bytearray(data[offset : offset + nbytes])
         offset += nbytes
-        out[key] = torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape).clone() if nbytes else (
-            torch.empty(shape, dtype=dtype)
+        out[key] = (
+            torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape).clone()
+            if nbytes
+            else (torch.empty(shape, dtype=dtype))
         )
     return out
 

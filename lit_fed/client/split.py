@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from typing_extensions import override
 
 
 def _module_keys(root: nn.Module, prefix: str) -> set[str]:
@@ -56,6 +57,7 @@ class Head(ParameterSelector):
     def __init__(self, backbone: str | None = "backbone") -> None:
         self.backbone = backbone
 
+    @override
     def select(self, model: nn.Module) -> set[str]:
         owner = self._owner(model)
         head = owner.get_classifier()
@@ -84,6 +86,7 @@ class Head(ParameterSelector):
 class BatchNorm(ParameterSelector):
     """Every BatchNorm layer's affine parameters and running statistics (FedBN, Li et al. 2021)."""
 
+    @override
     def select(self, model: nn.Module) -> set[str]:
         keys: set[str] = set()
         for name, module in model.named_modules():
@@ -101,6 +104,7 @@ class Modules(ParameterSelector):
     def __init__(self, names: Sequence[str]) -> None:
         self.names = list(names)
 
+    @override
     def select(self, model: nn.Module) -> set[str]:
         keys: set[str] = set()
         for name in self.names:
@@ -121,6 +125,7 @@ class Regex(ParameterSelector):
         self.pattern = pattern
         self._compiled = re.compile(pattern)
 
+    @override
     def select(self, model: nn.Module) -> set[str]:
         keys = {k for k in model.state_dict().keys() if self._compiled.search(k)}
         if not keys:

@@ -20,9 +20,7 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 
-def normalize_images(
-    images: Tensor, mean: Sequence[float], std: Sequence[float], chunk_size: int = 8192
-) -> Tensor:
+def normalize_images(images: Tensor, mean: Sequence[float], std: Sequence[float], chunk_size: int = 8192) -> Tensor:
     """``(images / 255 − mean) / std`` for ``uint8`` images, ``(images − mean) / std`` for float, as float32.
 
     Args:

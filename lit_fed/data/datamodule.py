@@ -94,9 +94,7 @@ class FederatedDataModule(L.LightningDataModule):
         if not 0 < train_fraction < 1:
             raise ValueError(f"train_fraction must be in (0, 1), got train_fraction={train_fraction!r}")
         if imbalance_ratio is not None and not imbalance_ratio >= 1:
-            raise ValueError(
-                f"imbalance_ratio must be >= 1 (or None), got imbalance_ratio={imbalance_ratio!r}"
-            )
+            raise ValueError(f"imbalance_ratio must be >= 1 (or None), got imbalance_ratio={imbalance_ratio!r}")
         dataset = FashionMNIST() if dataset is None else dataset
         partitioner = Dirichlet(alpha=0.1) if partitioner is None else partitioner
         if not isinstance(dataset, DatasetSource):
@@ -133,17 +131,13 @@ class FederatedDataModule(L.LightningDataModule):
         source = self.dataset.load()
         train_labels = source.train_y.numpy()
         if self.imbalance_ratio is not None:
-            pool = long_tail_indices(
-                train_labels, self.imbalance_ratio, self.seed, num_classes=source.num_classes
-            )
+            pool = long_tail_indices(train_labels, self.imbalance_ratio, self.seed, num_classes=source.num_classes)
         else:
             pool = np.arange(train_labels.size, dtype=np.int64)
         pool_labels = train_labels[pool]
         partition = self.partitioner(pool_labels, self._num_clients, self.seed)
         if len(partition) != self._num_clients:
-            raise ValueError(
-                f"{self.partitioner!r} returned {len(partition)} parts for {self._num_clients} clients"
-            )
+            raise ValueError(f"{self.partitioner!r} returned {len(partition)} parts for {self._num_clients} clients")
         splits = [
             split_train_test(part, pool_labels, self.train_fraction, seed=self.seed, client_id=client)
             for client, part in enumerate(partition)
@@ -243,9 +237,7 @@ class FederatedDataModule(L.LightningDataModule):
         Each batch is one ``(x, y)`` pair of tensors; the last batch may be smaller.
         """
         generator = torch_generator(self.seed, "train", round, client_id)
-        return shuffled_loader(
-            self._dataset(self._train_slice(client_id), generator), self.batch_size, generator
-        )
+        return shuffled_loader(self._dataset(self._train_slice(client_id), generator), self.batch_size, generator)
 
     def client_test_dataloader(self, client_id: int) -> DataLoader:
         """A client's local test split in order, in batches of ``eval_batch_size``."""
@@ -254,9 +246,7 @@ class FederatedDataModule(L.LightningDataModule):
     def global_test_dataloader(self) -> DataLoader:
         """The source's test set in order, in batches of ``eval_batch_size``."""
         built = self.built
-        return sequential_loader(
-            TensorBatchDataset(built.test_images, built.test_labels), self.eval_batch_size
-        )
+        return sequential_loader(TensorBatchDataset(built.test_images, built.test_labels), self.eval_batch_size)
 
     # -----------------------------------------------------------------------------------------------
     # Plain Lightning (no federation): pooled training data, global test set
@@ -287,9 +277,7 @@ class FederatedDataModule(L.LightningDataModule):
         """``(num_clients, C)`` int64 class counts of the clients' train splits."""
         built = self.built
         labels = built.labels.numpy()
-        parts = [
-            np.arange(built.train_bounds[k], built.train_bounds[k + 1]) for k in range(self._num_clients)
-        ]
+        parts = [np.arange(built.train_bounds[k], built.train_bounds[k + 1]) for k in range(self._num_clients)]
         return class_histogram(labels, parts, built.num_classes)
 
     def partition_summary(self) -> dict[str, float | int]:

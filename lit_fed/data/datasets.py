@@ -76,8 +76,7 @@ class ArrayDataset:
                 raise ValueError(f"{self.name}: {split}_x must be N×C×H×W, got shape {tuple(x.shape)}")
             if y.ndim != 1 or y.dtype != torch.int64 or y.shape[0] != x.shape[0]:
                 raise ValueError(
-                    f"{self.name}: {split}_y must be int64 of shape ({x.shape[0]},), got {y.dtype} "
-                    f"{tuple(y.shape)}"
+                    f"{self.name}: {split}_y must be int64 of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}"
                 )
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
                 raise ValueError(f"{self.name}: {split}_y has labels outside [0, {self.num_classes})")
@@ -161,9 +160,7 @@ def _torchvision_split(dataset: Any) -> tuple[Tensor, Tensor]:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_torchvision(
-    name: str, class_name: str, root: str, download: bool, num_classes: int
-) -> ArrayDataset:
+def _load_torchvision(name: str, class_name: str, root: str, download: bool, num_classes: int) -> ArrayDataset:
     from torchvision import datasets as tv_datasets
 
     factory = getattr(tv_datasets, class_name)
@@ -237,9 +234,7 @@ def _load_idx_dataset(name: str, files: tuple[str, str, str, str], num_classes: 
         (test_images, test_labels, files[2]),
     ):
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-            raise ValueError(
-                f"{path}: images of shape {images.shape} do not match labels of shape {labels.shape}"
-            )
+            raise ValueError(f"{path}: images of shape {images.shape} do not match labels of shape {labels.shape}")
 
     def to_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[Tensor, Tensor]:
         return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
@@ -297,9 +292,7 @@ class _IdxSource(DatasetSource):
         download_root = Path(self.root).expanduser() if self.root else default_data_root()
         if self.download:
             try:
-                return _load_torchvision(
-                    self.display_name, self.torchvision_name, str(download_root), True, 10
-                )
+                return _load_torchvision(self.display_name, self.torchvision_name, str(download_root), True, 10)
             except Exception as error:  # noqa: BLE001 - any failure (no network, bad mirror) ends in one message
                 looked.append(_failed(self.torchvision_name, download_root, True, error))
         else:
@@ -326,9 +319,8 @@ class FashionMNIST(_IdxSource):
     torchvision_name: ClassVar[str] = "FashionMNIST"
     env_subdirs: ClassVar[tuple[str, ...]] = ("fashion-mnist", "FashionMNIST/raw")
     system_dirs: ClassVar[tuple[str, ...]] = ("/usr/share/datasets/fashion-mnist",)
-    install_hint: ClassVar[str] = (
-        "`apt-get install dataset-fashion-mnist` on Debian/Ubuntu, or "
-        + _IDX_HINT.format(files=", ".join(IDX_FILE_STEMS))
+    install_hint: ClassVar[str] = "`apt-get install dataset-fashion-mnist` on Debian/Ubuntu, or " + _IDX_HINT.format(
+        files=", ".join(IDX_FILE_STEMS)
     )
 
 
@@ -387,9 +379,7 @@ class _TorchvisionSource(DatasetSource):
         roots = self.candidate_roots()
         for root in roots:
             try:
-                return _load_torchvision(
-                    self.display_name, self.torchvision_name, str(root), False, self.num_classes
-                )
+                return _load_torchvision(self.display_name, self.torchvision_name, str(root), False, self.num_classes)
             except Exception as error:  # noqa: BLE001 - torchvision signals a missing copy with RuntimeError
                 looked.append(_failed(self.torchvision_name, root, False, error))
         if self.download:
@@ -526,9 +516,7 @@ class Digits(DatasetSource):
 
     def __post_init__(self) -> None:
         if not 0 < self.test_fraction < 1:
-            raise ValueError(
-                f"Digits: test_fraction must be in (0, 1), got test_fraction={self.test_fraction!r}"
-            )
+            raise ValueError(f"Digits: test_fraction must be in (0, 1), got test_fraction={self.test_fraction!r}")
 
     def load(self) -> ArrayDataset:
         """Loads (or returns the cached) split."""

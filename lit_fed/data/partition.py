@@ -220,8 +220,7 @@ def pathological_partition(
     _check_int_at_least("classes_per_client", classes_per_client, 1)
     if classes_per_client > classes.size:
         raise ValueError(
-            f"classes_per_client={classes_per_client} exceeds the number of classes in the labels "
-            f"({classes.size})"
+            f"classes_per_client={classes_per_client} exceeds the number of classes in the labels ({classes.size})"
         )
     _check_clients(num_clients, labels.size, min_size)
     _check_int_at_least("max_attempts", max_attempts, 1)
@@ -312,9 +311,7 @@ def long_tail_class_sizes(n_max: int, num_classes: int, imbalance_ratio: float) 
     """
     _check_int_at_least("num_classes", num_classes, 1)
     if not (_is_real(imbalance_ratio) and math.isfinite(imbalance_ratio) and imbalance_ratio >= 1):
-        raise ValueError(
-            f"imbalance_ratio must be a finite number >= 1, got imbalance_ratio={imbalance_ratio!r}"
-        )
+        raise ValueError(f"imbalance_ratio must be a finite number >= 1, got imbalance_ratio={imbalance_ratio!r}")
     if num_classes == 1:
         return np.array([n_max], dtype=np.int64)
     exponents = np.arange(num_classes) / (num_classes - 1.0)
@@ -361,9 +358,7 @@ def long_tail_indices(
             f"use imbalance_ratio <= {available.min()}"
         )
     rng = numpy_rng(seed, "long_tail")
-    kept = [
-        rng.choice(np.flatnonzero(labels == c), size=int(sizes[c]), replace=False) for c in range(num_classes)
-    ]
+    kept = [rng.choice(np.flatnonzero(labels == c), size=int(sizes[c]), replace=False) for c in range(num_classes)]
     return np.sort(np.concatenate(kept).astype(np.int64))
 
 
@@ -397,9 +392,7 @@ def split_train_test(
     labels = _as_labels(labels)
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size and (indices.min() < 0 or indices.max() >= labels.size):
-        raise ValueError(
-            f"indices must lie in [0, {labels.size}), got range [{indices.min()}, {indices.max()}]"
-        )
+        raise ValueError(f"indices must lie in [0, {labels.size}), got range [{indices.min()}, {indices.max()}]")
     rng = numpy_rng(seed, "split", client_id)
     client_labels = labels[indices]
     classes, counts = np.unique(client_labels, return_counts=True)
@@ -437,9 +430,7 @@ def class_histogram(labels: np.ndarray, partition: Sequence[np.ndarray], num_cla
     _check_int_at_least("num_classes", num_classes, 1)
     histogram = np.zeros((len(partition), num_classes), dtype=np.int64)
     for client, part in enumerate(partition):
-        histogram[client] = np.bincount(labels[np.asarray(part, dtype=np.int64)], minlength=num_classes)[
-            :num_classes
-        ]
+        histogram[client] = np.bincount(labels[np.asarray(part, dtype=np.int64)], minlength=num_classes)[:num_classes]
     return histogram
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import importlib.metadata
 import logging
 import time
 import warnings
@@ -93,6 +95,33 @@ def _quiet_lightning() -> Iterator[None]:
         finally:
             for lg, level in zip(loggers, levels, strict=True):
                 lg.setLevel(level)
+
+
+@functools.cache
+def _has_callback_factories(group: str) -> bool:
+    return bool(importlib.metadata.entry_points(group=group))
+
+
+@contextlib.contextmanager
+def _cached_callback_discovery() -> Iterator[None]:
+    """Skips Lightning's per-Trainer scan of every installed package's entry points when none registers callbacks.
+
+    ``Trainer.__init__`` looks up callback factories in package metadata each time (~10 ms here), which would be
+    paid once per client per round. The answer does not change within a process, so it is looked up once; if a
+    package does register factories, Lightning's own loader still runs for every Trainer.
+    """
+    from lightning.pytorch.trainer.connectors import callback_connector
+
+    original = callback_connector._load_external_callbacks
+
+    def load(group: str) -> list[Any]:
+        return original(group) if _has_callback_factories(group) else []
+
+    callback_connector._load_external_callbacks = load
+    try:
+        yield
+    finally:
+        callback_connector._load_external_callbacks = original
 
 
 def _default_loggers(run_dir: Path, version: str = "") -> list[Any]:
@@ -243,7 +272,7 @@ class FederatedLoop:
         self.client.load_personal_state(self.state_store.get(cid) or self.initial_personal)
         self.client.receive_global(message)
         torch.manual_seed(derive_seed(self.seed, "fit", rnd, cid))
-        with _quiet_lightning():
+        with _quiet_lightning(), _cached_callback_discovery():
             trainer = L.Trainer(**self._client_kwargs)
             trainer.fit(self.client, train_dataloaders=self.datamodule.client_train_dataloader(cid, rnd))
         update = self.client.build_update(num_samples=self.datamodule.client_num_train_samples(cid))
@@ -254,8 +283,8 @@ class FederatedLoop:
 
     # -- evaluation --------------------------------------------------------------------------------------
     def _load_for(self, client_id: int | None) -> None:
-        personal = self.initial_personal if client_id is None else (
-            self.state_store.get(client_id) or self.initial_personal
+        personal = (
+            self.initial_personal if client_id is None else (self.state_store.get(client_id) or self.initial_personal)
         )
         self.client.load_personal_state(personal)
         self.client.load_state(self.global_state, what="global state")
@@ -271,7 +300,10 @@ class FederatedLoop:
         try:
             self._load_for(None)
             glob = accumulate_accuracy(
-                new_accuracy(num_classes), module.global_logits, self.datamodule.global_test_dataloader(), device
+                new_accuracy(num_classes),
+                module.global_logits,
+                self.datamodule.global_test_dataloader(),
+                device,
             )
             metrics["global_acc"] = float(glob.compute())
             if self.personalized_eval:
@@ -345,6 +377,27 @@ class FederatedLoop:
             logger.log_metrics(scalars, step=round)
             logger.save()
 
+    def _log_partition(self) -> None:
+        """Logs the partition's summary as hyper-parameters and writes the per-client class histogram CSV."""
+        if not hasattr(self.datamodule, "partition_histogram"):
+            return
+        histogram = self.datamodule.partition_histogram()
+        lines = ["client," + ",".join(f"class_{c}" for c in range(histogram.shape[1]))]
+        lines += [f"{cid}," + ",".join(str(int(v)) for v in row) for cid, row in enumerate(histogram)]
+        (self.run_dir / "partition.csv").write_text("\n".join(lines) + "\n")
+        summary = self.datamodule.partition_summary() if hasattr(self.datamodule, "partition_summary") else {}
+        for logger in self.loggers:
+            logger.log_hyperparams({f"partition/{k}": v for k, v in summary.items()})
+
+    def _write_communication(self) -> Path:
+        path = self.run_dir / "communication.csv"
+        lines = ["client,bytes_down,bytes_up"]
+        for cid in range(self.num_clients):
+            lines.append(f"{cid},{self.comm.per_client_down.get(cid, 0)},{self.comm.per_client_up.get(cid, 0)}")
+        lines.append(f"total,{self.comm.total_down},{self.comm.total_up}")
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
     # -- the run -----------------------------------------------------------------------------------------
     def run_round(self, rnd: int) -> dict[str, Any]:
         """Runs one round and returns its metrics."""
@@ -404,6 +457,7 @@ class FederatedLoop:
         start = self.restore(resume_from) if resume_from is not None else 0
         if self._loggers is None:  # a resumed run logs into its own version: earlier rounds' logs stay intact
             self.loggers = _default_loggers(self.run_dir, version="" if start == 0 else f"resumed_at_round_{start}")
+        self._log_partition()
         last_ckpt: Path | None = None
         if start > 0:
             last_ckpt = Path(resume_from)  # type: ignore[arg-type]
@@ -444,7 +498,10 @@ class FederatedLoop:
 
     def _finish(self, last_ckpt: Path | None) -> FederatedResult:
         summary = summarize(self.history)
-        artifacts = {"accuracy_plot": plot_accuracy(self.history, self.run_dir / "accuracy.png")}
+        artifacts = {
+            "accuracy_plot": plot_accuracy(self.history, self.run_dir / "accuracy.png"),
+            "communication": self._write_communication(),
+        }
         if hasattr(self.datamodule, "plot_partition"):
             artifacts["partition_plot"] = Path(self.datamodule.plot_partition(self.run_dir / "partition.png"))
         totals = {"MB down (total)": self.comm.total_down / 1e6, "MB up (total)": self.comm.total_up / 1e6}

@@ -54,7 +54,10 @@ def plot_accuracy(history: Sequence[dict[str, Any]], path: Path, title: str = ""
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title or "accuracy per round")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.lines:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no evaluated round", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 from lit_fed.client.payloads import StateDict
 
@@ -59,21 +60,26 @@ class InMemoryStateStore(ClientStateStore):
     def __init__(self) -> None:
         self._states: dict[int, StateDict] = {}
 
+    @override
     def get(self, client_id: int) -> StateDict | None:
         return self._states.get(client_id)
 
+    @override
     def put(self, client_id: int, state: StateDict, round: int) -> None:
         self._states[client_id] = _cpu_copy(state)
 
     def __contains__(self, client_id: object) -> bool:
         return client_id in self._states
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"states": {cid: dict(s) for cid, s in self._states.items()}}
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._states = {int(cid): _cpu_copy(s) for cid, s in state["states"].items()}
 
+    @override
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for s in self._states.values() for t in s.values())
 
@@ -97,12 +103,14 @@ class DiskStateStore(ClientStateStore):
     def _path(self, client_id: int, round: int) -> Path:
         return self.directory / f"client_{client_id}" / f"r{round}.pt"
 
+    @override
     def get(self, client_id: int) -> StateDict | None:
         version = self._versions.get(client_id)
         if version is None:
             return None
         return torch.load(self._path(client_id, version), map_location="cpu", weights_only=True)
 
+    @override
     def put(self, client_id: int, state: StateDict, round: int) -> None:
         path = self._path(client_id, round)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,11 +122,13 @@ class DiskStateStore(ClientStateStore):
     def __contains__(self, client_id: object) -> bool:
         return client_id in self._versions
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         snapshot = dict(self._versions)
         self._prune(keep=snapshot)
         return {"directory": str(self.directory), "versions": snapshot}
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._versions = {int(c): int(r) for c, r in state["versions"].items()}
         for client_dir in self.directory.glob("client_*"):

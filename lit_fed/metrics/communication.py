@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from typing_extensions import override
+
 from lit_fed.client.payloads import ClientUpdate, ServerMessage
 from lit_fed.client.serialization import message_nbytes, update_nbytes
 
@@ -46,7 +48,7 @@ class CommunicationMeter:
         return size
 
     def round_metrics(self) -> dict[str, float]:
-        """This round's and the cumulative megabytes (10⁶ bytes)."""
+        """Megabytes (10⁶ bytes) of the current round and cumulative."""
         return {
             "mb_down": self.round_down / 1e6,
             "mb_up": self.round_up / 1e6,
@@ -54,6 +56,7 @@ class CommunicationMeter:
             "mb_up_total": self.total_up / 1e6,
         }
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "total_down": self.total_down,
@@ -62,6 +65,7 @@ class CommunicationMeter:
             "per_client_up": dict(self.per_client_up),
         }
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.total_down = int(state["total_down"])
         self.total_up = int(state["total_up"])

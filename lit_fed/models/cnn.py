@@ -132,9 +132,7 @@ class TinyCNN(nn.Module):
             inputs, since the network accepts any size.
     """
 
-    def __init__(
-        self, in_channels: int = 1, num_classes: int = 4, width: int = 8, input_size: int = 8
-    ) -> None:
+    def __init__(self, in_channels: int = 1, num_classes: int = 4, width: int = 8, input_size: int = 8) -> None:
         super().__init__()
         self.input_size = input_size
         self.conv = nn.Conv2d(in_channels, width, kernel_size=3, padding=1, bias=False)

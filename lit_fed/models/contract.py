@@ -82,19 +82,15 @@ def check_backbone_contract(model: nn.Module, example_input: torch.Tensor) -> No
     if not isinstance(classifier, nn.Module):
         raise TypeError(f"{name}.get_classifier() must return an nn.Module, got {type(classifier).__name__}")
     if not any(module is classifier for module in model.modules()) or classifier is model:
-        raise TypeError(
-            f"{name}.get_classifier() must return a sub-module of the model (its classifier layer)"
-        )
+        raise TypeError(f"{name}.get_classifier() must return a sub-module of the model (its classifier layer)")
     if isinstance(classifier, nn.Linear):
         if classifier.in_features != num_features:
             raise TypeError(
-                f"{name}.num_features is {num_features} but the classifier's in_features is "
-                f"{classifier.in_features}"
+                f"{name}.num_features is {num_features} but the classifier's in_features is {classifier.in_features}"
             )
         if classifier.out_features != num_classes:
             raise TypeError(
-                f"{name}.num_classes is {num_classes} but the classifier's out_features is "
-                f"{classifier.out_features}"
+                f"{name}.num_classes is {num_classes} but the classifier's out_features is {classifier.out_features}"
             )
     if not isinstance(example_input, torch.Tensor) or example_input.dim() == 0:
         raise TypeError(f"example_input must be a batched tensor, got {_shape(example_input)}")
@@ -125,8 +121,7 @@ def check_backbone_contract(model: nn.Module, example_input: torch.Tensor) -> No
     expected_logits = (batch, num_classes) if num_classes > 0 else (batch, num_features)
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected_logits:
         raise TypeError(
-            f"{name}.forward_head(features) must return logits of shape {expected_logits}, "
-            f"got {_shape(logits)}"
+            f"{name}.forward_head(features) must return logits of shape {expected_logits}, got {_shape(logits)}"
         )
     if not isinstance(output, torch.Tensor) or output.shape != logits.shape:
         raise TypeError(
@@ -139,6 +134,5 @@ def check_backbone_contract(model: nn.Module, example_input: torch.Tensor) -> No
     if not torch.allclose(output.float(), logits.float(), rtol=rtol, atol=atol):
         max_diff = (output.float() - logits.float()).abs().max().item()
         raise TypeError(
-            f"{name}.forward(x) must equal forward_head(forward_features(x)) "
-            f"(max abs difference {max_diff:.3g})"
+            f"{name}.forward(x) must equal forward_head(forward_features(x)) (max abs difference {max_diff:.3g})"
         )

@@ -80,8 +80,7 @@ class CifarResNet(nn.Module):
         super().__init__()
         if len(block_counts) != len(widths) or not block_counts:
             raise ValueError(
-                f"block_counts and widths must be non-empty and of equal length, got {block_counts!r} "
-                f"and {widths!r}"
+                f"block_counts and widths must be non-empty and of equal length, got {block_counts!r} and {widths!r}"
             )
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
@@ -153,9 +152,7 @@ def resnet8(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> Cif
         in_channels: Input channels.
         width: Width of the first stage.
     """
-    return CifarResNet(
-        (1, 1, 1), (width, 2 * width, 4 * width), num_classes=num_classes, in_channels=in_channels
-    )
+    return CifarResNet((1, 1, 1), (width, 2 * width, 4 * width), num_classes=num_classes, in_channels=in_channels)
 
 
 def resnet18(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:

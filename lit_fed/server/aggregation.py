@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from lit_fed.client.payloads import StateDict
 
@@ -46,6 +47,7 @@ def _integer_passthrough(states: Sequence[StateDict], weights: Tensor, key: str)
 class WeightedMean(Aggregator):
     """Sample-weighted mean of floating-point tensors (FedAvg); integer tensors pass through unaveraged."""
 
+    @override
     def __call__(self, states: Sequence[StateDict], weights: Tensor) -> StateDict:
         out: StateDict = {}
         for key, first in states[0].items():

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from lit_fed.client.payloads import ClientUpdate, StateDict
 from lit_fed.server.aggregation import Aggregator
@@ -58,9 +59,11 @@ class FedAvgM(FedAvg):
             out[key] = (global_state[key].double() - self.server_lr * v).to(global_state[key].dtype)
         return out
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"velocity": {k: v.clone() for k, v in self.velocity.items()}}
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.velocity = {k: v.clone() for k, v in state.get("velocity", {}).items()}
 
@@ -118,9 +121,14 @@ class FedOpt(FedAvg):
             out[key] = (w + self.server_lr * m / (v.sqrt() + self.tau)).to(global_state[key].dtype)
         return out
 
+    @override
     def state_dict(self) -> dict[str, Any]:
-        return {"m": {k: t.clone() for k, t in self.m.items()}, "v": {k: t.clone() for k, t in self.v.items()}}
+        return {
+            "m": {k: t.clone() for k, t in self.m.items()},
+            "v": {k: t.clone() for k, t in self.v.items()},
+        }
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.m = {k: t.clone() for k, t in state.get("m", {}).items()}
         self.v = {k: t.clone() for k, t in state.get("v", {}).items()}
@@ -130,10 +138,15 @@ class FedAdagrad(FedOpt):
     """FedAdagrad: ``v ← v + Δ²``. Default η 1e-1 (Adagrad's accumulated ``v`` only grows)."""
 
     def __init__(
-        self, server_lr: float = 1e-1, beta1: float = 0.9, tau: float = 1e-3, aggregator: Aggregator | None = None
+        self,
+        server_lr: float = 1e-1,
+        beta1: float = 0.9,
+        tau: float = 1e-3,
+        aggregator: Aggregator | None = None,
     ) -> None:
         super().__init__(server_lr=server_lr, beta1=beta1, beta2=0.0, tau=tau, aggregator=aggregator)
 
+    @override
     def update_second_moment(self, v: Tensor, delta: Tensor) -> Tensor:
         return v + delta.pow(2)
 
@@ -141,6 +154,7 @@ class FedAdagrad(FedOpt):
 class FedAdam(FedOpt):
     """FedAdam: ``v ← β2 v + (1 − β2) Δ²``."""
 
+    @override
     def update_second_moment(self, v: Tensor, delta: Tensor) -> Tensor:
         return self.beta2 * v + (1 - self.beta2) * delta.pow(2)
 
@@ -148,6 +162,7 @@ class FedAdam(FedOpt):
 class FedYogi(FedOpt):
     """FedYogi: ``v ← v − (1 − β2) Δ² sign(v − Δ²)``."""
 
+    @override
     def update_second_moment(self, v: Tensor, delta: Tensor) -> Tensor:
         d2 = delta.pow(2)
         return v - (1 - self.beta2) * d2 * torch.sign(v - d2)

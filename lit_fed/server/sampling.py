@@ -57,8 +57,10 @@ class ClientSampler:
         """The participants of ``round`` (sorted client ids) and the ones that drop out."""
         rng = numpy_rng(self.seed, "sampling", round)
         k = self.clients_per_round
-        sampled = sorted(range(self.num_clients)) if k == self.num_clients else sorted(
-            int(c) for c in rng.choice(self.num_clients, size=k, replace=False)
+        sampled = (
+            sorted(range(self.num_clients))
+            if k == self.num_clients
+            else sorted(int(c) for c in rng.choice(self.num_clients, size=k, replace=False))
         )
         dropped: list[int] = []
         if self.dropout > 0:

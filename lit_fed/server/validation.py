@@ -67,6 +67,9 @@ def screen_updates(
             accepted.append(update)
         else:
             rejected.append(
-                (update, f"client {update.client_id}, round {update.round}: non-finite values in '{bad}', rejected")
+                (
+                    update,
+                    f"client {update.client_id}, round {update.round}: non-finite values in '{bad}', rejected",
+                )
             )
     return accepted, rejected

@@ -10,7 +10,12 @@ from lit_fed.server import FedAdam, FedAvg
 from lit_fed.trainer import FederatedTrainer
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = ["--config", str(ROOT / "configs/data/synthetic.yaml"), "--config", str(ROOT / "configs/model/tinycnn.yaml")]
+BASE = [
+    "--config",
+    str(ROOT / "configs/data/synthetic.yaml"),
+    "--config",
+    str(ROOT / "configs/model/tinycnn.yaml"),
+]
 CONCERN_CONFIGS = sorted(
     p for sub in ("data", "model", "method", "trainer", "federation") for p in (ROOT / "configs" / sub).glob("*.yaml")
 )
@@ -45,8 +50,16 @@ def test_method_config_sets_client_and_server():
 
 
 def test_trainer_settings_pass_through_to_client_trainers():
-    cli = parse("--trainer.precision", "bf16-mixed", "--trainer.gradient_clip_val", "1.0",
-                "--trainer.accumulate_grad_batches", "2", "--trainer.rounds", "7")
+    cli = parse(
+        "--trainer.precision",
+        "bf16-mixed",
+        "--trainer.gradient_clip_val",
+        "1.0",
+        "--trainer.accumulate_grad_batches",
+        "2",
+        "--trainer.rounds",
+        "7",
+    )
     kwargs = cli.trainer.client_kwargs
     assert kwargs["precision"] == "bf16-mixed"
     assert kwargs["gradient_clip_val"] == 1.0
@@ -72,15 +85,32 @@ def test_print_config_shows_federation_and_trainer_options(capsys):
 
 def test_fit_then_validate_a_saved_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
-    args = ["fit", *BASE, "--trainer.rounds", "2", "--trainer.run_dir", str(run_dir), "--trainer.progress", "false"]
+    args = [
+        "fit",
+        *BASE,
+        "--trainer.rounds",
+        "2",
+        "--trainer.run_dir",
+        str(run_dir),
+        "--trainer.progress",
+        "false",
+    ]
     cli = build_cli(args=args)
     result = cli.trainer.federated_result
     assert len(result.history) == 2
     assert (run_dir / "checkpoints/last.ckpt").exists()
     assert (run_dir / "logs/metrics.csv").exists()
     assert (run_dir / "config.yaml").exists()
-    cli = build_cli(args=["validate", *BASE, "--trainer.run_dir", str(run_dir),
-                          "--ckpt_path", str(run_dir / "checkpoints/last.ckpt")])
+    cli = build_cli(
+        args=[
+            "validate",
+            *BASE,
+            "--trainer.run_dir",
+            str(run_dir),
+            "--ckpt_path",
+            str(run_dir / "checkpoints/last.ckpt"),
+        ]
+    )
     assert cli.trainer.validate_result if hasattr(cli.trainer, "validate_result") else True
     expected = result.history[-1]
     metrics = cli.trainer.build_loop(cli.model, cli.datamodule)

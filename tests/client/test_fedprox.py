@@ -17,9 +17,7 @@ MU = 0.1
 
 def _client(mu: float = MU, **kwargs) -> FederatedClient:
     torch.manual_seed(0)
-    return FederatedClient(
-        MLP(in_features=6, num_classes=3, hidden=(5,)), regularizers=[ProximalTerm(mu)], **kwargs
-    )
+    return FederatedClient(MLP(in_features=6, num_classes=3, hidden=(5,)), regularizers=[ProximalTerm(mu)], **kwargs)
 
 
 def _start_round_and_drift(
@@ -41,9 +39,7 @@ def _start_round_and_drift(
     return w_g, drift
 
 
-def _half_mu_sq_dist(
-    client: FederatedClient, w_g: dict[str, torch.Tensor], only_trainable: bool = False
-) -> float:
+def _half_mu_sq_dist(client: FederatedClient, w_g: dict[str, torch.Tensor], only_trainable: bool = False) -> float:
     """μ/2 Σ ‖w − w_g‖² over the anchored keys, in float64."""
     total = 0.0
     for key, param in client.named_parameters():

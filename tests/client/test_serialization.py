@@ -134,9 +134,7 @@ def test_update_nbytes_counts_state_extras_label_counts_and_statistics() -> None
     )
     assert update_nbytes(with_stats) - update_nbytes(bare) == expected_stats
     # Metrics are plain floats and are not counted.
-    with_metrics = ClientUpdate(
-        client_id=0, round=0, state=state, num_samples=10, metrics={"a": 1.0, "b": 2.0}
-    )
+    with_metrics = ClientUpdate(client_id=0, round=0, state=state, num_samples=10, metrics={"a": 1.0, "b": 2.0})
     assert update_nbytes(with_metrics) == update_nbytes(bare)
 
 

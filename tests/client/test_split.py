@@ -77,9 +77,7 @@ def test_batchnorm_selects_affine_and_running_statistics(client: FederatedClient
 
 
 def test_batchnorm_selects_every_bn_layer() -> None:
-    model = nn.Sequential(
-        nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1))
-    )
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1)))
     selected = BatchNorm().select(model)
     assert {k.rsplit(".", 1)[0] for k in selected} == {"1", "2.1"}
     assert len(selected) == 10
@@ -119,14 +117,8 @@ def test_empty_split_shares_everything(client: FederatedClient) -> None:
 def test_invert_flips_personal_and_shared(client: FederatedClient) -> None:
     normal = ParameterSplit([Head()])
     inverted = ParameterSplit([Head()], invert=True)
-    assert (
-        inverted.shared_keys(client)
-        == normal.personal_keys(client)
-        == ["backbone.fc.weight", "backbone.fc.bias"]
-    )
-    assert (
-        inverted.personal_keys(client) == normal.shared_keys(client) == [k for k in ALL_KEYS if k not in HEAD]
-    )
+    assert inverted.shared_keys(client) == normal.personal_keys(client) == ["backbone.fc.weight", "backbone.fc.bias"]
+    assert inverted.personal_keys(client) == normal.shared_keys(client) == [k for k in ALL_KEYS if k not in HEAD]
 
 
 @pytest.mark.parametrize(

@@ -77,9 +77,7 @@ def test_local_splits_are_75_25_and_follow_the_client(dm):
         assert n_train / (n_train + n_test) == pytest.approx(0.75, abs=0.03)
         test_labels = torch.cat([y for _, y in dm.client_test_dataloader(client)])
         assert test_labels.numel() == n_test
-        assert set(test_labels.tolist()) <= set(
-            torch.nonzero(dm.client_label_counts(client)).flatten().tolist()
-        )
+        assert set(test_labels.tolist()) <= set(torch.nonzero(dm.client_label_counts(client)).flatten().tolist())
         all_train.append(train_idx)
         all_test.append(test_idx)
     merged = np.concatenate(all_train + all_test)

@@ -83,10 +83,7 @@ def test_dirichlet_small_alpha_concentrates_labels(labels):
     def mean_classes(alpha: float) -> float:
         return float(
             np.mean(
-                [
-                    classes_per_client(labels, dirichlet_partition(labels, 20, alpha, seed)).mean()
-                    for seed in range(3)
-                ]
+                [classes_per_client(labels, dirichlet_partition(labels, 20, alpha, seed)).mean() for seed in range(3)]
             )
         )
 

@@ -54,7 +54,14 @@ def test_training_improves_accuracy_and_writes_artifacts(client_factory, datamod
     first, last = result.history[0], result.history[-1]
     assert last["global_acc"] > 0.5 > 0.25  # 4 balanced classes: chance is 0.25
     assert last["train_loss"] < first["train_loss"]
-    for key in ("personal_acc", "personal_acc_mean", "personal_acc_std", "personal_acc_p10", "mb_up", "mb_down"):
+    for key in (
+        "personal_acc",
+        "personal_acc_mean",
+        "personal_acc_std",
+        "personal_acc_p10",
+        "mb_up",
+        "mb_down",
+    ):
         assert key in last and math.isfinite(last[key])
     assert result.summary["global_acc"]["best"] >= result.summary["global_acc"]["last"]
     assert (result.run_dir / "accuracy.png").stat().st_size > 1000
@@ -109,19 +116,36 @@ def test_resume_reaches_the_same_numbers(client_factory, datamodule_factory, tmp
 
     kwargs = dict(rounds=4, client_fraction=0.5, seed=3)
     _, full = run_loop(
-        client_factory(personal=[Head()]), datamodule_factory(), tmp_path, "full", FedAdam(), state_store=store("full"),
+        client_factory(personal=[Head()]),
+        datamodule_factory(),
+        tmp_path,
+        "full",
+        FedAdam(),
+        state_store=store("full"),
         **kwargs,
     )
     with pytest.raises(KeyboardInterrupt):
         run_loop(
-            client_factory(personal=[Head()]), datamodule_factory(), tmp_path, "cut", FedAdam(),
-            state_store=store("cut"), callbacks=[Interrupt(2)], **kwargs,
+            client_factory(personal=[Head()]),
+            datamodule_factory(),
+            tmp_path,
+            "cut",
+            FedAdam(),
+            state_store=store("cut"),
+            callbacks=[Interrupt(2)],
+            **kwargs,
         )
     ckpt = tmp_path / "cut" / "checkpoints" / "last.ckpt"
     assert load_checkpoint(ckpt)["round"] == 1
     loop, resumed = run_loop(
-        client_factory(seed=99, personal=[Head()]), datamodule_factory(), tmp_path, "cut", FedAdam(),
-        state_store=store("cut"), resume=ckpt, **kwargs,
+        client_factory(seed=99, personal=[Head()]),
+        datamodule_factory(),
+        tmp_path,
+        "cut",
+        FedAdam(),
+        state_store=store("cut"),
+        resume=ckpt,
+        **kwargs,
     )
     for key in full.global_state:
         torch.testing.assert_close(resumed.global_state[key], full.global_state[key], rtol=0, atol=0)
@@ -133,8 +157,15 @@ def test_resume_reaches_the_same_numbers(client_factory, datamodule_factory, tmp
 def test_resume_refuses_a_checkpoint_of_another_run(client_factory, datamodule_factory, tmp_path):
     _, result = run_loop(client_factory(), datamodule_factory(), tmp_path, "one", rounds=1, seed=1)
     with pytest.raises(ValueError, match="different run"):
-        run_loop(client_factory(), datamodule_factory(), tmp_path, "two", rounds=2, seed=2,
-                 resume=result.last_checkpoint)
+        run_loop(
+            client_factory(),
+            datamodule_factory(),
+            tmp_path,
+            "two",
+            rounds=2,
+            seed=2,
+            resume=result.last_checkpoint,
+        )
 
 
 def test_dropped_clients_are_skipped_and_counted(client_factory, datamodule, tmp_path):
