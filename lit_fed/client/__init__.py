@@ -3,10 +3,14 @@
 from lit_fed.client.module import FederatedClient, FederationMixin, StepOutput, federate
 from lit_fed.client.payloads import ClientUpdate, FeatureStatistics, ServerMessage, StateDict
 from lit_fed.client.regularizers import ProximalTerm, Regularizer
-from lit_fed.client.split import BatchNorm, Head, Modules, ParameterSelector, ParameterSplit, Regex
+from lit_fed.client.schedule import LocalSchedule, Phase
+from lit_fed.client.split import BatchNorm, Complement, Head, Modules, ParameterSelector, ParameterSplit, Regex
 
 __all__ = [
     "BatchNorm",
+    "Complement",
+    "LocalSchedule",
+    "Phase",
     "ClientUpdate",
     "FeatureStatistics",
     "FederatedClient",

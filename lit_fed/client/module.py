@@ -23,10 +23,13 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from lit_fed.client.payloads import ClientUpdate, ServerMessage, StateDict
 from lit_fed.client.regularizers import Regularizer
+from lit_fed.client.schedule import LocalSchedule
 from lit_fed.client.split import ParameterSelector, ParameterSplit
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -161,6 +164,35 @@ class FederationMixin:
         """Restores what :meth:`personal_state` returned."""
         self.load_state(state, what="personal state")
 
+    def fit_limits(self, local_epochs: int, local_steps: int | None) -> dict[str, int]:
+        """The client Trainer's ``max_epochs``/``max_steps`` for one round. A local schedule sets its own length."""
+        schedule = getattr(self, "schedule", None)
+        if schedule is not None:
+            self._schedule_epochs = local_epochs
+            total = schedule.total(local_epochs)
+            return {"max_steps": total, "max_epochs": -1} if schedule.counts_steps else {"max_epochs": total}
+        if local_steps is not None:
+            return {"max_steps": local_steps, "max_epochs": -1}
+        return {"max_epochs": local_epochs}
+
+    def set_trainable(self, part: str) -> None:
+        """Makes ``"personal"``, ``"shared"`` or ``"all"`` parameters trainable and freezes the rest.
+
+        BatchNorm layers whose parameters are all frozen are put in eval mode, so a frozen part's running
+        statistics do not move either [design: "frozen" means the part's whole state stays unchanged].
+        """
+        if part == "all":
+            trainable = None
+        else:
+            trainable = set(self.personal_keys() if part == "personal" else self.shared_keys())
+        for name, param in self.named_parameters():  # type: ignore[attr-defined]
+            param.requires_grad_(trainable is None or name in trainable)
+        for module in self.modules():  # type: ignore[attr-defined]
+            if isinstance(module, _BatchNorm):
+                params = list(module.parameters(recurse=False))
+                frozen = bool(params) and not any(p.requires_grad for p in params)
+                module.train(self.training and not frozen)  # type: ignore[attr-defined]
+
     def personalize(self, train_dataloader: Iterable[Any]) -> None:  # noqa: B027
         """Local adaptation before personalized evaluation (FedBABU fine-tuning, Per-FedAvg). Default: none."""
 
@@ -187,6 +219,8 @@ class FederatedClient(FederationMixin, L.LightningModule):
         regularizers: Parameter loss terms, e.g. ``[ProximalTerm(mu=0.01)]`` for FedProx.
         optimizer: A factory ``params -> Optimizer``; default SGD with lr 0.005 (PFLlib's setting).
         lr_scheduler: Optional factory ``optimizer -> LRScheduler`` (stepped per epoch).
+        schedule: Optional phased local schedule (FedRep, FedBABU, FedAlt, FFGG); default: everything trains
+            for the loop's ``local_epochs``/``local_steps``.
     """
 
     def __init__(
@@ -196,6 +230,7 @@ class FederatedClient(FederationMixin, L.LightningModule):
         regularizers: Sequence[Regularizer] = (),
         optimizer: OptimizerFactory | None = None,
         lr_scheduler: SchedulerFactory | None = None,
+        schedule: LocalSchedule | None = None,
     ) -> None:
         super().__init__()
         for attr in ("forward_features", "forward_head", "get_classifier"):
@@ -207,6 +242,9 @@ class FederatedClient(FederationMixin, L.LightningModule):
         self.backbone = backbone
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
+        self.schedule = schedule
+        self._phase: str | None = None
+        self._schedule_epochs = 1  # the loop's local_epochs, for phases without their own length
         self.init_federation(personal, regularizers)
         classifier = backbone.get_classifier()
         self.num_classes = int(getattr(classifier, "out_features", getattr(backbone, "num_classes", 0)))
@@ -247,6 +285,32 @@ class FederatedClient(FederationMixin, L.LightningModule):
             for name, term in extras.items():
                 self.log(f"train_{name}", term, on_step=False, on_epoch=True, batch_size=len(output.target))
         return loss
+
+    @override
+    def on_train_start(self) -> None:
+        self._phase = None
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        if self.schedule is not None and not self.schedule.counts_steps:
+            self._apply_phase(self.current_epoch)
+
+    @override
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.schedule is not None and self.schedule.counts_steps:
+            self._apply_phase(self.trainer.global_step)
+
+    def _apply_phase(self, position: int) -> None:
+        phase = self.schedule.phase_at(position, self._schedule_epochs)  # type: ignore[union-attr]
+        if phase.train != self._phase:
+            self._phase = phase.train
+            self.set_trainable(phase.train)
+
+    @override
+    def on_train_end(self) -> None:
+        if self.schedule is not None:
+            self.set_trainable("all")
+            self._phase = None
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """Accuracy of the personalized prediction (standalone Lightning use)."""

@@ -8,6 +8,7 @@ modules by what they are, never by substring matching on names:
 * :class:`BatchNorm` — every ``torch.nn.modules.batchnorm._BatchNorm`` (FedBN, Li et al. 2021).
 * :class:`Modules` — named sub-modules (e.g. ``"backbone.layer4"`` or ``"personal_model"``).
 * :class:`Regex` — the escape hatch: a regular expression over state-dict keys.
+* :class:`Complement` — everything another selection leaves out (LG-FedAvg's local body).
 
 Example:
     >>> split = ParameterSplit([Head(), BatchNorm()])
@@ -134,6 +135,27 @@ class Regex(ParameterSelector):
 
     def __repr__(self) -> str:
         return f"Regex({self.pattern!r})"
+
+
+class Complement(ParameterSelector):
+    """Every state-dict key *not* selected by ``selectors``.
+
+    LG-FedAvg (Liang et al. 2020) keeps the lower layers local and shares the head:
+    ``personal=[Complement([Head()])]``.
+    """
+
+    def __init__(self, selectors: Sequence[ParameterSelector]) -> None:
+        self.selectors = list(selectors)
+
+    @override
+    def select(self, model: nn.Module) -> set[str]:
+        excluded: set[str] = set()
+        for selector in self.selectors:
+            excluded |= selector.select(model)
+        return set(model.state_dict().keys()) - excluded
+
+    def __repr__(self) -> str:
+        return f"Complement({self.selectors!r})"
 
 
 class ParameterSplit:

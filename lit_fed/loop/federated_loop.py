@@ -38,7 +38,7 @@ from lit_fed.loop.checkpoint import (
 from lit_fed.loop.reporting import plot_accuracy, render_summary, summarize
 from lit_fed.loop.state_store import ClientStateStore, InMemoryStateStore
 from lit_fed.metrics.communication import CommunicationMeter
-from lit_fed.metrics.evaluation import accumulate_accuracy, new_accuracy, pool_client_metrics
+from lit_fed.metrics.evaluation import PersonalizedAccuracy, accumulate_accuracy, new_accuracy, pool_client_metrics
 from lit_fed.server.sampling import ClientSampler
 from lit_fed.server.strategy import FedAvg, ServerContext, Strategy
 from lit_fed.server.validation import screen_updates
@@ -225,6 +225,7 @@ class FederatedLoop:
         if clashes:
             raise ValueError(f"set local_epochs/local_steps instead of the client Trainer's {clashes}")
         self.history: list[dict[str, Any]] = []
+        self.last_personalized: PersonalizedAccuracy | None = None
         self.comm = CommunicationMeter()
         self.global_state: StateDict = {}
         self.round = 0
@@ -272,10 +273,16 @@ class FederatedLoop:
         self.client.load_personal_state(self.state_store.get(cid) or self.initial_personal)
         self.client.receive_global(message)
         torch.manual_seed(derive_seed(self.seed, "fit", rnd, cid))
+        dataloader = self.datamodule.client_train_dataloader(cid, rnd)
+        for callback in self.callbacks:
+            dataloader = callback.client_dataloader(self, cid, rnd, dataloader)
         with _quiet_lightning(), _cached_callback_discovery():
-            trainer = L.Trainer(**self._client_kwargs)
-            trainer.fit(self.client, train_dataloaders=self.datamodule.client_train_dataloader(cid, rnd))
+            limits = self.client.fit_limits(self.local_epochs, self.local_steps)
+            trainer = L.Trainer(**{**self._client_kwargs, **limits})
+            trainer.fit(self.client, train_dataloaders=dataloader)
         update = self.client.build_update(num_samples=self.datamodule.client_num_train_samples(cid))
+        for callback in self.callbacks:
+            update = callback.client_update(self, update, message)
         personal = self.client.personal_state()
         if personal:
             self.state_store.put(cid, personal, rnd)
@@ -319,7 +326,8 @@ class FederatedLoop:
                         self.datamodule.client_test_dataloader(cid),
                         device,
                     )
-                metrics.update(pool_client_metrics(per_client, num_classes).as_metrics())
+                self.last_personalized = pool_client_metrics(per_client, num_classes)
+                metrics.update(self.last_personalized.as_metrics())
         finally:
             module.to("cpu")
             module.train(was_training)
@@ -340,6 +348,7 @@ class FederatedLoop:
             "store": self.state_store.state_dict(),
             "comm": self.comm.state_dict(),
             "history": self.history,
+            "callbacks": [callback.state_dict() for callback in self.callbacks],  # stateless ones save {}
         }
 
     def save_checkpoint(self, completed_round: int) -> Path:
@@ -368,6 +377,13 @@ class FederatedLoop:
         self.state_store.load_state_dict(payload["store"])
         self.comm.load_state_dict(payload["comm"])
         self.history = list(payload["history"])
+        saved = payload.get("callbacks", [])
+        if len(saved) != len(self.callbacks):
+            raise ValueError(
+                f"checkpoint {path} has state for {len(saved)} loop callbacks, this run has {len(self.callbacks)}"
+            )
+        for callback, state in zip(self.callbacks, saved, strict=True):
+            callback.load_state_dict(state)
         return int(payload["round"]) + 1
 
     # -- logging ---------------------------------------------------------------------------------------

@@ -37,6 +37,15 @@ def _spatial_size(input_size: int | Sequence[int]) -> tuple[int, int]:
     return size[0], size[1]
 
 
+def _conv_block(in_channels: int, out_channels: int, batch_norm: bool) -> nn.Sequential:
+    """``[Conv2d 5×5, (BatchNorm2d,) ReLU, MaxPool2d 2]`` — PFLlib's block, BN optional."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size=5, padding=0, stride=1, bias=True)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(out_channels))
+    layers += [nn.ReLU(inplace=True), nn.MaxPool2d(kernel_size=(2, 2))]
+    return nn.Sequential(*layers)
+
+
 class FedAvgCNN(nn.Module):
     """The FedAvg CNN: two 5×5 conv + max-pool blocks, one hidden FC layer and a linear classifier.
 
@@ -55,6 +64,8 @@ class FedAvgCNN(nn.Module):
         num_classes: Classifier outputs; 0 replaces the classifier with ``nn.Identity``.
         hidden_dim: Width of ``fc1`` (the embedding size); 512 in the paper. PFLlib's ``dim1``.
         input_size: Spatial size of the input, an int or a ``(height, width)`` pair.
+        batch_norm: Insert ``BatchNorm2d`` after each convolution (``[Conv, BN, ReLU, Pool]``), as FedBN's
+            experiments do (Li et al. 2021); off by default, which is PFLlib's exact model.
 
     Example:
         >>> model = FedAvgCNN(in_channels=1, num_classes=10, input_size=28)
@@ -68,6 +79,7 @@ class FedAvgCNN(nn.Module):
         num_classes: int = 10,
         hidden_dim: int = 512,
         input_size: int | Sequence[int] = 28,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         height, width = _spatial_size(input_size)
@@ -78,16 +90,8 @@ class FedAvgCNN(nn.Module):
             raise ValueError(f"FedAvgCNN needs inputs of at least 16x16, got input_size={input_size!r}")
         self.input_size = (height, width)
         self.feature_dim = 64 * out_h * out_w
-        self.conv1 = nn.Sequential(
-            nn.Conv2d(in_channels, 32, kernel_size=5, padding=0, stride=1, bias=True),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=(2, 2)),
-        )
-        self.conv2 = nn.Sequential(
-            nn.Conv2d(32, 64, kernel_size=5, padding=0, stride=1, bias=True),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=(2, 2)),
-        )
+        self.conv1 = _conv_block(in_channels, 32, batch_norm)
+        self.conv2 = _conv_block(32, 64, batch_norm)
         self.fc1 = nn.Sequential(nn.Linear(self.feature_dim, hidden_dim), nn.ReLU(inplace=True))
         self.num_features = hidden_dim
         self.num_classes = num_classes

@@ -36,8 +36,15 @@ class Aggregator(ABC):
     """Combines client states into one state, key by key."""
 
     @abstractmethod
-    def __call__(self, states: Sequence[StateDict], weights: Tensor) -> StateDict:
-        """Aggregates ``states`` (all with the same keys) given normalized ``weights``."""
+    def __call__(self, states: Sequence[StateDict], weights: Tensor, reference: StateDict | None = None) -> StateDict:
+        """Aggregates ``states`` (all with the same keys) given normalized ``weights``.
+
+        Args:
+            states: The clients' states (same keys, shapes, dtypes).
+            weights: Normalized aggregation weights, one per state.
+            reference: The state the updates started from (the global state), for rules that work on
+                ``state - reference`` (centered clipping, Krum's distances are unaffected by it).
+        """
 
 
 def _integer_passthrough(states: Sequence[StateDict], weights: Tensor, key: str) -> Tensor:
@@ -48,7 +55,7 @@ class WeightedMean(Aggregator):
     """Sample-weighted mean of floating-point tensors (FedAvg); integer tensors pass through unaveraged."""
 
     @override
-    def __call__(self, states: Sequence[StateDict], weights: Tensor) -> StateDict:
+    def __call__(self, states: Sequence[StateDict], weights: Tensor, reference: StateDict | None = None) -> StateDict:
         out: StateDict = {}
         for key, first in states[0].items():
             if not torch.is_floating_point(first):

@@ -87,7 +87,7 @@ class FedAvg(Strategy):
 
     def aggregate_train(self, round: int, updates: Sequence[ClientUpdate], global_state: StateDict) -> StateDict:
         """Sample-weighted aggregate of the clients' states; keys absent from updates keep their value."""
-        merged = self.aggregator([u.state for u in updates], self.weights(updates))
+        merged = self.aggregator([u.state for u in updates], self.weights(updates), reference=global_state)
         return {**global_state, **merged}
 
     def __repr__(self) -> str:
