@@ -377,12 +377,13 @@ class FederatedLoop:
         self.state_store.load_state_dict(payload["store"])
         self.comm.load_state_dict(payload["comm"])
         self.history = list(payload["history"])
-        saved = payload.get("callbacks", [])
-        if len(saved) != len(self.callbacks):
+        saved = [state for state in payload.get("callbacks", []) if state]
+        stateful = [callback for callback in self.callbacks if callback.state_dict()]
+        if len(saved) != len(stateful):
             raise ValueError(
-                f"checkpoint {path} has state for {len(saved)} loop callbacks, this run has {len(self.callbacks)}"
+                f"checkpoint {path} holds state for {len(saved)} loop callbacks, this run has {len(stateful)} stateful"
             )
-        for callback, state in zip(self.callbacks, saved, strict=True):
+        for callback, state in zip(stateful, saved, strict=True):
             callback.load_state_dict(state)
         return int(payload["round"]) + 1
 
