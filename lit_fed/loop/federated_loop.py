@@ -38,7 +38,15 @@ from lit_fed.loop.checkpoint import (
 from lit_fed.loop.reporting import plot_accuracy, render_summary, summarize
 from lit_fed.loop.state_store import ClientStateStore, InMemoryStateStore
 from lit_fed.metrics.communication import CommunicationMeter
-from lit_fed.metrics.evaluation import PersonalizedAccuracy, accumulate_accuracy, new_accuracy, pool_client_metrics
+from lit_fed.metrics.evaluation import (
+    PersonalizedAccuracy,
+    accumulate_accuracy,
+    group_accuracy,
+    new_accuracy,
+    new_class_stats,
+    pool_client_metrics,
+    shot_groups,
+)
 from lit_fed.server.sampling import ClientSampler
 from lit_fed.server.strategy import FedAvg, ServerContext, Strategy
 from lit_fed.server.validation import screen_updates
@@ -164,6 +172,9 @@ class FederatedLoop:
         loggers: Lightning loggers for round metrics; ``None`` → CSV (+ TensorBoard when installed); ``[]`` → none.
         callbacks: Round-level :class:`~lit_fed.loop.callbacks.LoopCallback` hooks.
         progress: Show a rich progress bar over rounds.
+        shot_thresholds: ``(few_below, many_above)`` training-sample counts per class that define few-, medium- and
+            many-shot classes; when the training pool's classes fall into more than one group (long-tailed data),
+            evaluation also reports ``global_acc_many/medium/few`` and ``personal_acc_many/medium/few``.
     """
 
     def __init__(
@@ -188,6 +199,7 @@ class FederatedLoop:
         loggers: Sequence[Any] | None = None,
         callbacks: Sequence[LoopCallback] = (),
         progress: bool = True,
+        shot_thresholds: tuple[int, int] = (20, 100),
     ) -> None:
         if not isinstance(client, FederationMixin):
             raise TypeError(
@@ -217,6 +229,8 @@ class FederatedLoop:
         self.keep_checkpoints = keep_checkpoints
         self.callbacks = list(callbacks)
         self.progress = progress
+        self.shot_thresholds = shot_thresholds
+        self.shot_groups: dict[str, torch.Tensor] | None = None
         self._loggers = loggers
         self.client_fraction = client_fraction
         self.client_dropout = client_dropout
@@ -258,6 +272,9 @@ class FederatedLoop:
             raise ValueError("the client shares no parameters: every key is personal, nothing to aggregate")
         self.global_state = self.client.shared_state()
         self.initial_personal = self.client.personal_state()
+        if hasattr(self.datamodule, "client_label_counts"):
+            class_counts = sum(self.datamodule.client_label_counts(c) for c in range(self.num_clients))
+            self.shot_groups = shot_groups(torch.as_tensor(class_counts), *self.shot_thresholds)
         self._client_kwargs = self.client_trainer_kwargs()
         self._needs_per_client_eval = bool(self.initial_personal) or (
             type(self.client).personalize is not FederationMixin.personalize
@@ -306,14 +323,20 @@ class FederatedLoop:
         metrics: dict[str, float] = {}
         try:
             self._load_for(None)
+            global_stats = new_class_stats(num_classes)
             glob = accumulate_accuracy(
                 new_accuracy(num_classes),
                 module.global_logits,
                 self.datamodule.global_test_dataloader(),
                 device,
+                also=[global_stats],
             )
             metrics["global_acc"] = float(glob.compute())
+            grouped = self.shot_groups is not None and len(self.shot_groups) > 1
+            if grouped:
+                metrics.update(group_accuracy(global_stats, self.shot_groups, "global"))  # type: ignore[arg-type]
             if self.personalized_eval:
+                personal_stats = new_class_stats(num_classes)
                 per_client = {}
                 for cid in range(self.num_clients):
                     if self._needs_per_client_eval:
@@ -325,9 +348,12 @@ class FederatedLoop:
                         module.predict_logits,
                         self.datamodule.client_test_dataloader(cid),
                         device,
+                        also=[personal_stats],
                     )
                 self.last_personalized = pool_client_metrics(per_client, num_classes)
                 metrics.update(self.last_personalized.as_metrics())
+                if grouped:
+                    metrics.update(group_accuracy(personal_stats, self.shot_groups, "personal"))  # type: ignore[arg-type]
         finally:
             module.to("cpu")
             module.train(was_training)

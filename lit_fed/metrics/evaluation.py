@@ -3,24 +3,31 @@
 Personalized accuracy: each client evaluates its own model on its own test split; the pooled accuracy is
 ``Σ correct / Σ samples``, obtained exactly by merging the clients' metric states (``Metric.merge_state``),
 not as a mean of means. The spread across clients (mean, standard deviation, 10th percentile) is reported
-alongside.
+alongside. On long-tailed data, accuracy is also reported per shot group (many/medium/few classes by their
+training-sample count), pooled over the same predictions.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassStatScores
 
 
 def new_accuracy(num_classes: int) -> MulticlassAccuracy:
     """A micro-averaged (``correct / total``) accuracy metric."""
     return MulticlassAccuracy(num_classes=max(num_classes, 2), average="micro", sync_on_compute=False)
+
+
+def new_class_stats(num_classes: int) -> MulticlassStatScores:
+    """Per-class ``[tp, fp, tn, fn, support]`` counts (for per-class and shot-group accuracy)."""
+    return MulticlassStatScores(num_classes=max(num_classes, 2), average=None, sync_on_compute=False)
 
 
 @torch.inference_mode()
@@ -29,12 +36,49 @@ def accumulate_accuracy(
     logits_fn: Callable[[Tensor], Tensor],
     batches: Iterable[tuple[Tensor, Tensor]],
     device: torch.device,
+    also: Sequence[Metric] = (),
 ) -> MulticlassAccuracy:
-    """Updates ``metric`` with the predictions of ``logits_fn`` over ``batches``; returns it."""
+    """Updates ``metric`` (and the metrics in ``also``) with ``logits_fn``'s predictions over ``batches``."""
     for x, y in batches:
-        logits = logits_fn(x.to(device, non_blocking=True))
-        metric.update(logits.float().cpu(), y)
+        logits = logits_fn(x.to(device, non_blocking=True)).float().cpu()
+        metric.update(logits, y)
+        for other in also:
+            other.update(logits, y)
     return metric
+
+
+def shot_groups(class_counts: Tensor, few_below: int = 20, many_above: int = 100) -> dict[str, Tensor]:
+    """Many/medium/few-shot class masks by training-sample count.
+
+    The split of Liu et al. 2019 ("Large-Scale Long-Tailed Recognition in an Open World"): many-shot classes have
+    more than ``many_above`` training samples, few-shot fewer than ``few_below``, medium-shot the rest.
+
+    Returns:
+        The non-empty groups, each a boolean mask over classes.
+    """
+    if few_below > many_above:
+        raise ValueError(f"shot thresholds need few_below <= many_above, got {few_below} > {many_above}")
+    counts = class_counts.to(torch.float64)
+    groups = {
+        "many": counts > many_above,
+        "medium": (counts >= few_below) & (counts <= many_above),
+        "few": counts < few_below,
+    }
+    return {name: mask for name, mask in groups.items() if bool(mask.any())}
+
+
+def group_accuracy(stats: MulticlassStatScores, groups: dict[str, Tensor], prefix: str) -> dict[str, float]:
+    """``Σ_{c∈g} correct_c / Σ_{c∈g} n_c`` per shot group, from per-class stat scores (pooled exactly)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+        scores = stats.compute()
+    correct, total = scores[:, 0].double(), (scores[:, 0] + scores[:, 3]).double()
+    out = {}
+    for name, mask in groups.items():
+        denominator = total[mask].sum()
+        if denominator > 0:
+            out[f"{prefix}_acc_{name}"] = float(correct[mask].sum() / denominator)
+    return out
 
 
 @dataclass
