@@ -18,14 +18,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lit_fed.models.head import ClassifierHeadModel, make_classifier
+
 __all__ = ["FedAvgCNN", "TinyCNN", "MLP"]
-
-
-def _make_classifier(num_features: int, num_classes: int) -> nn.Module:
-    """A linear classifier, or ``nn.Identity`` for ``num_classes == 0`` (timm's convention)."""
-    if num_classes < 0:
-        raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-    return nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 def _spatial_size(input_size: int | Sequence[int]) -> tuple[int, int]:
@@ -46,7 +41,7 @@ def _conv_block(in_channels: int, out_channels: int, batch_norm: bool) -> nn.Seq
     return nn.Sequential(*layers)
 
 
-class FedAvgCNN(nn.Module):
+class FedAvgCNN(ClassifierHeadModel):
     """The FedAvg CNN: two 5×5 conv + max-pool blocks, one hidden FC layer and a linear classifier.
 
     The architecture of McMahan et al., "Communication-Efficient Learning of Deep Networks from
@@ -95,7 +90,7 @@ class FedAvgCNN(nn.Module):
         self.fc1 = nn.Sequential(nn.Linear(self.feature_dim, hidden_dim), nn.ReLU(inplace=True))
         self.num_features = hidden_dim
         self.num_classes = num_classes
-        self.fc = _make_classifier(hidden_dim, num_classes)
+        self.fc = make_classifier(hidden_dim, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Returns the flattened output of the two conv blocks, shape ``(B, feature_dim)``."""
@@ -106,21 +101,8 @@ class FedAvgCNN(nn.Module):
         x = self.fc1(x)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Returns the logits ``(B, num_classes)``."""
-        return self.forward_head(self.forward_features(x))
 
-    def get_classifier(self) -> nn.Module:
-        """Returns the classifier ``fc`` (the personalized head of FedPer / FedRep)."""
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replaces the classifier with a freshly initialised one with ``num_classes`` outputs."""
-        self.num_classes = num_classes
-        self.fc = _make_classifier(self.num_features, num_classes)
-
-
-class TinyCNN(nn.Module):
+class TinyCNN(ClassifierHeadModel):
     """A one-conv CNN with BatchNorm: ``Conv3×3 → BatchNorm2d → ReLU → 2×2 average pool → fc``.
 
     Intended for fast unit tests of the library, including BatchNorm personalization (FedBN, Li et al.
@@ -145,7 +127,7 @@ class TinyCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(2)
         self.num_features = 4 * width
         self.num_classes = num_classes
-        self.fc = _make_classifier(self.num_features, num_classes)
+        self.fc = make_classifier(self.num_features, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Returns the unpooled feature map ``(B, width, H, W)``."""
@@ -156,21 +138,8 @@ class TinyCNN(nn.Module):
         x = torch.flatten(self.pool(x), 1)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Returns the logits ``(B, num_classes)``."""
-        return self.forward_head(self.forward_features(x))
 
-    def get_classifier(self) -> nn.Module:
-        """Returns the classifier ``fc``."""
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replaces the classifier with a freshly initialised one with ``num_classes`` outputs."""
-        self.num_classes = num_classes
-        self.fc = _make_classifier(self.num_features, num_classes)
-
-
-class MLP(nn.Module):
+class MLP(ClassifierHeadModel):
     """A multi-layer perceptron on flattened inputs: ``flatten → [Linear → ReLU] * len(hidden) → fc``.
 
     Args:
@@ -190,7 +159,7 @@ class MLP(nn.Module):
         self.body = nn.Sequential(*layers)
         self.num_features = dim
         self.num_classes = num_classes
-        self.fc = _make_classifier(dim, num_classes)
+        self.fc = make_classifier(dim, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Returns the last hidden activation ``(B, num_features)`` of the flattened input."""
@@ -199,16 +168,3 @@ class MLP(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Returns logits, or the features unchanged if ``pre_logits``."""
         return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Returns the logits ``(B, num_classes)``."""
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        """Returns the classifier ``fc``."""
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replaces the classifier with a freshly initialised one with ``num_classes`` outputs."""
-        self.num_classes = num_classes
-        self.fc = _make_classifier(self.num_features, num_classes)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lit_fed.models.head import ClassifierHeadModel
+
 __all__ = ["BasicBlock", "CifarResNet", "resnet8", "resnet18"]
 
 
@@ -56,7 +58,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + shortcut)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(ClassifierHeadModel):
     """A ResNet with the CIFAR stem (He et al. 2016, Sec. 4.2): 3×3 conv, no max-pool, BasicBlock stages.
 
     Stage ``i`` (attribute ``layer{i+1}``) has ``block_counts[i]`` blocks of width ``widths[i]``; the first
@@ -102,7 +104,7 @@ class CifarResNet(nn.Module):
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = in_planes
         self.num_classes = num_classes
-        self.fc: nn.Module = nn.Linear(in_planes, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = make_classifier(in_planes, num_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -124,21 +126,6 @@ class CifarResNet(nn.Module):
         """Global-average-pools; returns logits, or the pooled embedding ``(B, num_features)``."""
         x = torch.flatten(self.global_pool(x), 1)
         return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Returns the logits ``(B, num_classes)``."""
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        """Returns the classifier ``fc``."""
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replaces the classifier with a freshly initialised one with ``num_classes`` outputs."""
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 def resnet8(num_classes: int = 10, in_channels: int = 3, width: int = 16) -> CifarResNet:
