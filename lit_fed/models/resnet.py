@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lit_fed.models.head import ClassifierHeadModel
+from lit_fed.models.head import ClassifierHeadModel, make_classifier
 
 __all__ = ["BasicBlock", "CifarResNet", "resnet8", "resnet18"]
 
