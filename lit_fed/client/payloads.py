@@ -52,6 +52,8 @@ class ServerMessage:
         extras: Method-specific tensors, e.g. hypernetwork-generated personal parameters (pFedHN, FedTP)
             or a server-trained generator's state (FedGen). Tensor values are counted as downloaded bytes.
         config: Plain, JSON-like per-round settings for the client (e.g. a learning-rate schedule value).
+        wire_nbytes: Bytes actually sent when a wrapper compressed the message (its serialized size); ``None``:
+            the message travels as-is and its size is that of its wire encoding.
     """
 
     round: int
@@ -59,6 +61,7 @@ class ServerMessage:
     state: StateDict
     extras: dict[str, Tensor] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    wire_nbytes: int | None = None
 
 
 @dataclass
@@ -74,6 +77,8 @@ class ClientUpdate:
         label_counts: Optional ``(C,)`` per-class training-sample counts (FedGen).
         feature_stats: Optional per-class feature statistics (CCVR).
         extras: Optional method-specific tensors (e.g. trained hypernetwork targets).
+        wire_nbytes: Bytes actually sent when a wrapper compressed the update (its serialized size); ``None``:
+            the update travels as-is and its size is that of its wire encoding.
     """
 
     client_id: int
@@ -84,6 +89,7 @@ class ClientUpdate:
     label_counts: Tensor | None = None
     feature_stats: FeatureStatistics | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
+    wire_nbytes: int | None = None
 
     def delta(self, reference: StateDict) -> StateDict:
         """Returns ``state - reference`` for the floating-point keys (the model update ``w_k - w_g``)."""

@@ -101,12 +101,16 @@ def _update_tensors(update: ClientUpdate) -> dict[str, Tensor]:
 
 
 def message_nbytes(message: ServerMessage) -> int:
-    """Bytes a server message occupies on the wire (state and tensor extras)."""
+    """Bytes a server message occupies on the wire (state and tensor extras), or its compressed size if set."""
+    if message.wire_nbytes is not None:
+        return message.wire_nbytes
     tensors = {f"state/{k}": v for k, v in message.state.items()}
     tensors.update({f"extras/{k}": v for k, v in message.extras.items()})
     return encoded_size(tensors)
 
 
 def update_nbytes(update: ClientUpdate) -> int:
-    """Bytes a client update occupies on the wire (state, extras, label counts, feature statistics)."""
+    """Bytes a client update occupies on the wire (state, extras, label counts, statistics), or its compressed size."""
+    if update.wire_nbytes is not None:
+        return update.wire_nbytes
     return encoded_size(_update_tensors(update))

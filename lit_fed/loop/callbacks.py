@@ -2,7 +2,8 @@
 
 Besides round start/end, two hooks intercept a client's round: :meth:`LoopCallback.client_dataloader` may
 replace the data a client trains on (label-flipping attacks) and :meth:`LoopCallback.client_update` may
-replace what it uploads (model-poisoning attacks, upload compression).
+replace what it uploads (model-poisoning attacks, upload compression); :meth:`LoopCallback.server_message`
+may replace what the server sends (download compression).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ class LoopCallback:
 
     def on_round_start(self, loop: FederatedLoop, round: int) -> None:
         """Before clients are sampled for ``round``."""
+
+    def server_message(self, loop: FederatedLoop, message: ServerMessage) -> ServerMessage:
+        """What the server sends to ``message.client_id`` (download compression). Default: unchanged."""
+        return message
 
     def client_dataloader(self, loop: FederatedLoop, client_id: int, round: int, dataloader: DataLoader) -> Any:
         """The training data of ``client_id`` in ``round``. Default: unchanged."""

@@ -455,6 +455,8 @@ class FederatedLoop:
             log.info("round %d: client %d dropped out (did not report)", rnd, cid)
         updates = []
         for message in messages:
+            for callback in self.callbacks:
+                message = callback.server_message(self, message)
             self.comm.download(message)
             update = self.train_client(message)
             self.comm.upload(update)
