@@ -105,6 +105,15 @@ def _quiet_lightning() -> Iterator[None]:
                 lg.setLevel(level)
 
 
+def mean_client_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
+    """The mean over clients of every scalar metric the updates report (``train_loss``, fidelity metrics, ...)."""
+    values: dict[str, list[float]] = {}
+    for update in updates:
+        for key, value in update.metrics.items():
+            values.setdefault(key, []).append(float(value))
+    return {key: sum(v) / len(v) for key, v in values.items()}
+
+
 @functools.cache
 def _has_callback_factories(group: str) -> bool:
     return bool(importlib.metadata.entry_points(group=group))
@@ -483,9 +492,7 @@ class FederatedLoop:
             "rejected": len(rejected),
             **self.comm.round_metrics(),
         }
-        losses = [u.metrics["train_loss"] for u in accepted if "train_loss" in u.metrics]
-        if losses:
-            metrics["train_loss"] = sum(losses) / len(losses)
+        metrics.update(mean_client_metrics(accepted))
         if self.eval_every and ((rnd + 1) % self.eval_every == 0 or rnd == self.rounds - 1):
             metrics.update(self.evaluate())
         metrics["round_seconds"] = time.perf_counter() - started
