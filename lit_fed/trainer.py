@@ -17,6 +17,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from rich.console import Console
 
+from lit_fed.loop.async_loop import AsyncFederatedLoop, Asynchronous
 from lit_fed.loop.callbacks import LoopCallback
 from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
 from lit_fed.loop.state_store import ClientStateStore
@@ -49,6 +50,11 @@ class FederatedTrainer(L.Trainer):
         keep_checkpoints: Round checkpoints kept besides ``last.ckpt``.
         round_callbacks: Round-level loop callbacks.
         progress: Show the rounds progress bar and the final table.
+        asynchronous: If set, clients report asynchronously (concurrency, latency distribution, staleness
+            discount ``1/(1+τ)``): the run uses :class:`~lit_fed.loop.async_loop.AsyncFederatedLoop`, where a round
+            is ``concurrency`` applied updates. ``None`` (default): synchronous rounds.
+        shot_thresholds: ``(few_below, many_above)`` per-class training counts defining few/medium/many-shot
+            classes; on long-tailed data the evaluation reports accuracy per group.
         callbacks: Lightning callbacks for every client Trainer (local training).
         **kwargs: Any ``lightning.Trainer`` option. ``logger`` receives the round metrics; everything else
             (``precision``, ``accelerator``, ``devices``, ``strategy``, ``callbacks``, gradient clipping, ...) is
@@ -73,6 +79,8 @@ class FederatedTrainer(L.Trainer):
         keep_checkpoints: int = 2,
         round_callbacks: Sequence[LoopCallback] = (),
         progress: bool = True,
+        asynchronous: Asynchronous | None = None,
+        shot_thresholds: tuple[int, int] = (20, 100),
         callbacks: list[Callback] | Callback | None = None,
         **kwargs: Any,
     ) -> None:
@@ -96,6 +104,7 @@ class FederatedTrainer(L.Trainer):
             "keep_checkpoints": keep_checkpoints,
             "callbacks": list(round_callbacks),
             "progress": progress,
+            "shot_thresholds": tuple(shot_thresholds),
         }
         logger = user_set.pop("logger", None)
         self.round_loggers = None if logger in (None, True) else ([] if logger is False else logger)
@@ -104,6 +113,7 @@ class FederatedTrainer(L.Trainer):
         self.client_kwargs = {k: v for k, v in user_set.items() if k not in _OUTER_ONLY}
         if callbacks:
             self.client_kwargs["callbacks"] = callbacks if isinstance(callbacks, list) else [callbacks]
+        self.asynchronous = asynchronous
         self.federated_result: FederatedResult | None = None
         # The outer Trainer trains nothing: every user setting went to the client Trainers above. ``**kwargs`` is
         # forwarded literally so that jsonargparse/LightningCLI expose all Trainer options on this class.
@@ -120,7 +130,16 @@ class FederatedTrainer(L.Trainer):
         super().__init__(**kwargs)
 
     def build_loop(self, model: L.LightningModule, datamodule: Any) -> FederatedLoop:
-        """The FederatedLoop this trainer's settings describe."""
+        """The FederatedLoop this trainer's settings describe (an AsyncFederatedLoop when ``asynchronous`` is set)."""
+        if self.asynchronous is not None:
+            return AsyncFederatedLoop(
+                model,
+                datamodule,
+                trainer_kwargs=self.client_kwargs,
+                loggers=self.round_loggers,
+                asynchronous=self.asynchronous,
+                **self.federation,
+            )
         return FederatedLoop(
             model,
             datamodule,

@@ -14,3 +14,41 @@ __all__ = [
     "LoopCallback",
     "load_checkpoint",
 ]
+
+from lit_fed.loop.async_loop import (  # noqa: E402
+    AsyncFederatedLoop,
+    Asynchronous,
+    ClientSpeeds,
+    Constant,
+    Exponential,
+    Latency,
+    LogNormal,
+    Uniform,
+)
+from lit_fed.loop.attacks import (  # noqa: E402
+    Attack,
+    ByzantineAttack,
+    GaussianNoise,
+    LabelFlip,
+    Scale,
+    SignFlip,
+    byzantine_clients,
+)
+
+__all__ += [
+    "AsyncFederatedLoop",
+    "Asynchronous",
+    "Attack",
+    "ByzantineAttack",
+    "ClientSpeeds",
+    "Constant",
+    "Exponential",
+    "GaussianNoise",
+    "LabelFlip",
+    "Latency",
+    "LogNormal",
+    "Scale",
+    "SignFlip",
+    "Uniform",
+    "byzantine_clients",
+]

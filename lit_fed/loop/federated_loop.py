@@ -496,10 +496,14 @@ class FederatedLoop:
         if self.eval_every and ((rnd + 1) % self.eval_every == 0 or rnd == self.rounds - 1):
             metrics.update(self.evaluate())
         metrics["round_seconds"] = time.perf_counter() - started
-        self.history.append(metrics)
-        self._log(metrics, rnd)
+        return self.finish_round(rnd, metrics)
+
+    def finish_round(self, rnd: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Lets callbacks add to the round's metrics, then records and logs them."""
         for callback in self.callbacks:
             callback.on_round_end(self, rnd, metrics)
+        self.history.append(metrics)
+        self._log(metrics, rnd)
         return metrics
 
     def run(self, resume_from: str | Path | None = None) -> FederatedResult:

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-SUMMARY_KEYS = ("global_acc", "personal_acc", "personal_acc_mean", "personal_acc_std", "personal_acc_p10")
+SUMMARY_KEYS = (
+    "global_acc",
+    "personal_acc",
+    "personal_acc_mean",
+    "personal_acc_std",
+    "personal_acc_p10",
+    "personal_acc_honest",
+)
 
 
 def summarize(history: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:

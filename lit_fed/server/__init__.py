@@ -23,3 +23,7 @@ __all__ = [
     "sample_weights",
     "screen_updates",
 ]
+
+from lit_fed.server.robust import CenteredClipping, CoordinateMedian, Krum, TrimmedMean  # noqa: E402
+
+__all__ += ["CenteredClipping", "CoordinateMedian", "Krum", "TrimmedMean"]

@@ -1,0 +1,475 @@
+"""Asynchronous federated training: clients finish at different times and their updates apply as they arrive.
+
+:class:`AsyncFederatedLoop` simulates ``concurrency`` clients training at once (an event-driven simulation on a
+virtual clock; the clients still train one after another on this machine):
+
+1. A client is *dispatched* from the global model version current at its start (``x_start``, version ``v_s``)
+   with a latency drawn from a :class:`Latency` distribution on the stream ``(seed, "latency", client, v_s)``.
+   Clients are sampled uniformly among those not in flight, on the stream ``(seed, "async_sampling", j)`` for the
+   ``j``-th dispatch.
+2. Events are processed in order of arrival time (ties: dispatch order). The arriving client trains from
+   ``x_start`` (its personal state cannot have changed meanwhile: a client is never in flight twice), and its
+   update is applied alone: ``x ← x + γ · s(τ) · (x_k − x_start)``, with ``τ`` the number of server updates
+   applied since its start and the staleness discount ``s(τ) = (1 + τ)^(−a)``, ``a = 1``: ``s(τ) = 1/(1+τ)``
+   [design, METHODS §2; the polynomial family is FedAsync's, Xie et al. 2019]. ``γ`` is the strategy's (see
+   :meth:`lit_fed.methods.partial.PartialPFL.apply_async_update`; plain FedAvg uses ``γ = 1``).
+3. The finished client's slot is refilled at once by a newly sampled client starting from the current model.
+
+A *round* is ``concurrency`` arrivals (= applied updates, unless some are rejected as non-finite), so evaluation,
+logging and checkpoints keep their per-round meaning. Each round reports ``staleness_mean``, ``staleness_max``
+and its ``staleness_histogram`` (``{τ: count}``, kept in the history); the run's cumulative histogram is written to
+``<run_dir>/staleness.csv``. In this mode a message's (and its update's) ``round`` is the model version the client
+started from, so its data order and fit seed come from ``(seed, "train"/"fit", version, client)``.
+
+Resume is exact: the in-flight clients (their server message = start model, start version, arrival time), the
+version counter, the virtual clock and the dispatch counter are part of every round checkpoint.
+
+The strategy's aggregator is not used here (each update arrives alone); Byzantine-robust aggregation is a
+synchronous-mode feature. Clients still in flight when the run ends were dispatched (their downloads are
+counted in the last round) but never report.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from typing_extensions import override
+
+from lit_fed.client.payloads import ClientUpdate, ServerMessage, StateDict
+from lit_fed.loop.checkpoint import load_checkpoint
+from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult, mean_client_metrics
+from lit_fed.server.aggregation import WeightedMean
+from lit_fed.server.strategy import FedAvg, ServerContext, Strategy
+from lit_fed.server.validation import screen_updates
+from lit_fed.utils.seeding import numpy_rng
+
+log = logging.getLogger("lit_fed")
+
+
+# -- latency distributions -----------------------------------------------------------------------------
+class Latency(ABC):
+    """How long a client takes to train and report, in virtual time units."""
+
+    @abstractmethod
+    def sample(self, rng: np.random.Generator, client_id: int) -> float:
+        """One latency (> 0) of ``client_id``, drawn from ``rng``."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+def _positive(name: str, **values: float) -> None:
+    for key, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name}: {key} must be > 0, got {value}")
+
+
+class Constant(Latency):
+    """Every client always takes ``value`` (no latency variation)."""
+
+    def __init__(self, value: float = 1.0) -> None:
+        _positive("Constant", value=value)
+        self.value = value
+
+    @override
+    def sample(self, rng: np.random.Generator, client_id: int) -> float:
+        return float(self.value)
+
+
+class Exponential(Latency):
+    """Exponential latencies with the given ``mean``."""
+
+    def __init__(self, mean: float = 1.0) -> None:
+        _positive("Exponential", mean=mean)
+        self.mean = mean
+
+    @override
+    def sample(self, rng: np.random.Generator, client_id: int) -> float:
+        return float(rng.exponential(self.mean))
+
+
+class LogNormal(Latency):
+    """``exp(N(mu, sigma²))`` latencies (heavy-tailed stragglers)."""
+
+    def __init__(self, mu: float = 0.0, sigma: float = 1.0) -> None:
+        _positive("LogNormal", sigma=sigma)
+        self.mu = mu
+        self.sigma = sigma
+
+    @override
+    def sample(self, rng: np.random.Generator, client_id: int) -> float:
+        return float(rng.lognormal(self.mu, self.sigma))
+
+
+class Uniform(Latency):
+    """Latencies uniform in ``[low, high)``."""
+
+    def __init__(self, low: float = 0.5, high: float = 1.5) -> None:
+        _positive("Uniform", low=low)
+        if not high > low:
+            raise ValueError(f"Uniform: need high > low, got low={low}, high={high}")
+        self.low = low
+        self.high = high
+
+    @override
+    def sample(self, rng: np.random.Generator, client_id: int) -> float:
+        return float(rng.uniform(self.low, self.high))
+
+
+class ClientSpeeds(Latency):
+    """A fixed latency per client (heterogeneous devices, no randomness): client ``k`` takes ``latencies[k]``."""
+
+    def __init__(self, latencies: Sequence[float]) -> None:
+        self.latencies = [float(v) for v in latencies]
+        if not self.latencies:
+            raise ValueError("ClientSpeeds: give one latency per client")
+        _positive("ClientSpeeds", **{f"latencies[{i}]": v for i, v in enumerate(self.latencies)})
+
+    @override
+    def sample(self, rng: np.random.Generator, client_id: int) -> float:
+        if not 0 <= client_id < len(self.latencies):
+            raise ValueError(f"ClientSpeeds: no latency for client {client_id} ({len(self.latencies)} given)")
+        return self.latencies[client_id]
+
+
+# -- configuration ---------------------------------------------------------------------------------------
+class Asynchronous:
+    """Settings of the asynchronous mode (``FederatedTrainer(asynchronous=...)``, YAML ``trainer.asynchronous``).
+
+    Args:
+        concurrency: Clients training at once (≤ the number of clients); also the number of arrivals per round.
+        latency: Per-dispatch latency distribution (``Exponential(1.0)`` by default).
+        staleness_exponent: ``a`` in ``s(τ) = (1 + τ)^(−a)``; 1 gives the design's ``1/(1+τ)``, 0 no discount.
+    """
+
+    def __init__(self, concurrency: int = 4, latency: Latency | None = None, staleness_exponent: float = 1.0) -> None:
+        if concurrency < 1:
+            raise ValueError(f"Asynchronous: concurrency must be >= 1, got {concurrency}")
+        if staleness_exponent < 0:
+            raise ValueError(f"Asynchronous: staleness_exponent must be >= 0, got {staleness_exponent}")
+        self.concurrency = concurrency
+        self.latency = latency if latency is not None else Exponential(1.0)
+        self.staleness_exponent = staleness_exponent
+
+    def staleness_weight(self, staleness: int) -> float:
+        """``s(τ) = (1 + τ)^(−a)``."""
+        if staleness < 0:
+            raise ValueError(f"staleness must be >= 0, got {staleness}")
+        if self.staleness_exponent == 1.0:
+            return 1.0 / (1.0 + staleness)
+        return float((1.0 + staleness) ** (-self.staleness_exponent))
+
+    def __repr__(self) -> str:
+        return (
+            f"Asynchronous(concurrency={self.concurrency}, latency={self.latency!r}, "
+            f"staleness_exponent={self.staleness_exponent})"
+        )
+
+
+@dataclass
+class InFlight:
+    """A dispatched client that has not reported yet.
+
+    Attributes:
+        client_id: The client.
+        start_version: The global model version it started from.
+        start_time: Virtual time of its dispatch.
+        arrival_time: Virtual time its update arrives.
+        seq: Dispatch index (breaks arrival-time ties).
+        message: What it received (its ``state`` is ``x_start``).
+    """
+
+    client_id: int
+    start_version: int
+    start_time: float
+    arrival_time: float
+    seq: int
+    message: ServerMessage
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain containers and tensors only, so checkpoints load with ``torch.load(weights_only=True)``."""
+        message = self.message
+        return {
+            "client_id": self.client_id,
+            "start_version": self.start_version,
+            "start_time": self.start_time,
+            "arrival_time": self.arrival_time,
+            "seq": self.seq,
+            "message": {
+                "round": message.round,
+                "client_id": message.client_id,
+                "state": message.state,
+                "extras": message.extras,
+                "config": message.config,
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InFlight:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            client_id=int(data["client_id"]),
+            start_version=int(data["start_version"]),
+            start_time=float(data["start_time"]),
+            arrival_time=float(data["arrival_time"]),
+            seq=int(data["seq"]),
+            message=ServerMessage(**data["message"]),
+        )
+
+
+def staleness_step(
+    global_state: StateDict,
+    update_state: StateDict,
+    start_state: StateDict,
+    weight: float,
+) -> StateDict:
+    """``x + weight · (x_k − x_start)`` on floating-point keys (float64 arithmetic); integer keys from the update.
+
+    Keys of ``global_state`` absent from the update keep their value.
+    """
+    out = dict(global_state)
+    for key, value in update_state.items():
+        if torch.is_floating_point(value):
+            x = global_state[key].to(torch.float64)
+            delta = value.to(torch.float64) - start_state[key].to(torch.float64)
+            out[key] = (x + weight * delta).to(global_state[key].dtype)
+        else:
+            out[key] = value.clone()
+    return out
+
+
+AsyncStep = Callable[[StateDict, ClientUpdate, StateDict, float], StateDict]
+
+
+def _fedavg_async_step(global_state: StateDict, update: ClientUpdate, start: StateDict, weight: float) -> StateDict:
+    return staleness_step(global_state, update.state, start, weight)
+
+
+def async_step_of(strategy: Strategy) -> AsyncStep:
+    """The strategy's rule for one stale update: its ``apply_async_update``, or ``γ = 1`` for plain FedAvg.
+
+    Raises:
+        TypeError: the strategy has no asynchronous rule (e.g. FedAdam: its moments are defined per round).
+    """
+    step = getattr(strategy, "apply_async_update", None)
+    if callable(step):
+        return step
+    if type(strategy) is FedAvg:
+        return _fedavg_async_step
+    raise TypeError(
+        f"asynchronous mode: {type(strategy).__name__} defines no apply_async_update(global_state, update, "
+        "start_state, staleness_weight); use lit_fed.methods.PartialPFL or FedAvg"
+    )
+
+
+class AsyncFederatedLoop(FederatedLoop):
+    """A :class:`FederatedLoop` whose clients report asynchronously (see the module docstring).
+
+    Args:
+        client: As for :class:`FederatedLoop`.
+        datamodule: As for :class:`FederatedLoop`.
+        strategy: A strategy with ``apply_async_update`` (:class:`~lit_fed.methods.partial.PartialPFL`) or
+            plain FedAvg.
+        asynchronous: Concurrency, latency distribution and staleness discount.
+        **kwargs: :class:`FederatedLoop` options. ``client_fraction`` must stay 1 (``concurrency`` sets how many
+            clients train at once) and ``client_dropout`` 0.
+    """
+
+    def __init__(
+        self,
+        client: L.LightningModule,
+        datamodule: Any,
+        strategy: Strategy | None = None,
+        *,
+        asynchronous: Asynchronous | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(client, datamodule, strategy, **kwargs)
+        self.asynchronous = asynchronous if asynchronous is not None else Asynchronous()
+        if self.client_fraction != 1.0:
+            raise ValueError(
+                f"asynchronous mode: client_fraction must be 1.0 (got {self.client_fraction}); "
+                "asynchronous.concurrency sets how many clients train at once"
+            )
+        if self.client_dropout != 0.0:
+            raise ValueError(f"asynchronous mode does not simulate dropout; client_dropout is {self.client_dropout}")
+        self._async_step = async_step_of(self.strategy)
+        aggregator = getattr(self.strategy, "aggregator", None)
+        if aggregator is not None and not isinstance(aggregator, WeightedMean):
+            log.warning(
+                "asynchronous mode applies every update alone as it arrives: the aggregator %r is not used", aggregator
+            )
+        self._reset_async_state()
+
+    def _reset_async_state(self) -> None:
+        self.version = 0
+        self.clock = 0.0
+        self.dispatched = 0
+        self.in_flight: list[InFlight] = []
+        self.staleness_counts: dict[int, int] = {}
+        self.dispatched_at_version: set[int] = set()  # clients started from the current version
+
+    # -- setup and checkpoints ---------------------------------------------------------------------------
+    @override
+    def _setup(self) -> None:
+        super()._setup()
+        if self.asynchronous.concurrency > self.num_clients:
+            raise ValueError(
+                f"asynchronous mode: concurrency {self.asynchronous.concurrency} exceeds the {self.num_clients} clients"
+            )
+        self._reset_async_state()
+
+    @override
+    def _identity(self) -> dict[str, Any]:
+        return {**super()._identity(), "asynchronous": self.asynchronous.concurrency}
+
+    @override
+    def checkpoint_payload(self, completed_round: int) -> dict[str, Any]:
+        payload = super().checkpoint_payload(completed_round)
+        payload["async"] = {
+            "version": self.version,
+            "clock": self.clock,
+            "dispatched": self.dispatched,
+            "in_flight": [job.to_dict() for job in self.in_flight],
+            "staleness_counts": dict(self.staleness_counts),
+            "dispatched_at_version": sorted(self.dispatched_at_version),
+        }
+        return payload
+
+    @override
+    def restore(self, path: str | Path) -> int:
+        start = super().restore(path)
+        state = load_checkpoint(path)["async"]
+        self.version = int(state["version"])
+        self.clock = float(state["clock"])
+        self.dispatched = int(state["dispatched"])
+        self.in_flight = [InFlight.from_dict(job) for job in state["in_flight"]]
+        self.staleness_counts = {int(k): int(v) for k, v in state["staleness_counts"].items()}
+        self.dispatched_at_version = {int(c) for c in state["dispatched_at_version"]}
+        return start
+
+    # -- the event queue -----------------------------------------------------------------------------------
+    def dispatch(self) -> InFlight:
+        """Starts a newly sampled idle client from the current model at the current virtual time.
+
+        A client already started from the current version (possible only after a rejected update) is not started
+        from it again while another idle client is available, so ``(client, version)`` — the key of its data and
+        fit streams and of its stored personal state — stays unique.
+        """
+        busy = {job.client_id for job in self.in_flight}
+        idle = [c for c in range(self.num_clients) if c not in busy]
+        fresh = [c for c in idle if c not in self.dispatched_at_version]
+        idle = fresh or idle
+        rng = numpy_rng(self.seed, "async_sampling", self.dispatched)
+        cid = idle[int(rng.integers(len(idle)))]
+        (message,) = self.strategy.configure_train(self.version, [cid], self.global_state)
+        latency = self.asynchronous.latency.sample(numpy_rng(self.seed, "latency", cid, self.version), cid)
+        if not (latency > 0 and math.isfinite(latency)):
+            raise ValueError(f"latency of client {cid} at version {self.version} must be finite and > 0, got {latency}")
+        self.comm.download(message)
+        job = InFlight(cid, self.version, self.clock, self.clock + latency, self.dispatched, message)
+        self.dispatched += 1
+        self.dispatched_at_version.add(cid)
+        self.in_flight.append(job)
+        return job
+
+    def _fill(self) -> None:
+        while len(self.in_flight) < self.asynchronous.concurrency:
+            self.dispatch()
+
+    def next_arrival(self) -> InFlight:
+        """Removes and returns the in-flight client that reports first."""
+        job = min(self.in_flight, key=lambda j: (j.arrival_time, j.seq))
+        self.in_flight.remove(job)
+        return job
+
+    def apply_update(self, job: InFlight, update: ClientUpdate) -> int:
+        """Applies one accepted update with its staleness discount; returns its staleness τ."""
+        staleness = self.version - job.start_version
+        weight = self.asynchronous.staleness_weight(staleness)
+        self.global_state = self._async_step(self.global_state, update, job.message.state, weight)
+        self.version += 1
+        self.dispatched_at_version = set()
+        self.staleness_counts[staleness] = self.staleness_counts.get(staleness, 0) + 1
+        return staleness
+
+    # -- one round = `concurrency` arrivals -----------------------------------------------------------------
+    @override
+    def run_round(self, rnd: int) -> dict[str, Any]:
+        self.round = rnd
+        started = time.perf_counter()
+        for callback in self.callbacks:
+            callback.on_round_start(self, rnd)
+        self.comm.start_round()
+        self._fill()
+        accepted: list[ClientUpdate] = []
+        staleness: list[int] = []
+        arrivals = rejected = 0
+        while arrivals < self.asynchronous.concurrency:
+            job = self.next_arrival()
+            self.clock = job.arrival_time
+            update = self.train_client(job.message)
+            self.comm.upload(update)
+            ok, bad = screen_updates([update], self.global_state)
+            for _, reason in bad:
+                log.warning(reason)
+                rejected += 1
+            if ok:
+                staleness.append(self.apply_update(job, update))
+                accepted.append(update)
+            arrivals += 1
+            self._fill()  # the freed slot restarts from the current model
+        if accepted:
+            context = ServerContext(
+                round=rnd,
+                client_template=self.client,
+                datamodule=self.datamodule,
+                trainer_kwargs=dict(self._client_kwargs),
+                logger=lambda m: self._log(m, rnd),
+            )
+            self.global_state = self.strategy.server_train(self.global_state, accepted, context)
+        histogram: dict[int, int] = {}
+        for tau in staleness:
+            histogram[tau] = histogram.get(tau, 0) + 1
+        metrics: dict[str, Any] = {
+            "round": rnd,
+            "clients": arrivals,
+            "dropped": 0,
+            "rejected": rejected,
+            "applied": len(accepted),
+            "version": self.version,
+            "virtual_time": self.clock,
+            "staleness_mean": float(np.mean(staleness)) if staleness else float("nan"),
+            "staleness_max": max(staleness) if staleness else 0,
+            "staleness_histogram": dict(sorted(histogram.items())),
+            **self.comm.round_metrics(),
+        }
+        metrics.update(mean_client_metrics(accepted))
+        if self.eval_every and ((rnd + 1) % self.eval_every == 0 or rnd == self.rounds - 1):
+            metrics.update(self.evaluate())
+        metrics["round_seconds"] = time.perf_counter() - started
+        return self.finish_round(rnd, metrics)
+
+    def _write_staleness(self) -> Path:
+        path = self.run_dir / "staleness.csv"
+        lines = ["staleness,count"] + [f"{tau},{n}" for tau, n in sorted(self.staleness_counts.items())]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    @override
+    def _finish(self, last_ckpt: Path | None) -> FederatedResult:
+        staleness = self._write_staleness()
+        result = super()._finish(last_ckpt)
+        result.artifacts["staleness"] = staleness
+        return result
