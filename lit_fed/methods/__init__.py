@@ -9,3 +9,11 @@ from lit_fed.methods.partial import (
 )
 
 __all__ = ["PartialPFL", "fedalt_schedule", "fedsim_schedule", "ffgg_schedule", "partial_schedule"]
+
+from lit_fed.client.teacher import FrozenModule, GlobalTeacherClient  # noqa: E402
+from lit_fed.methods.fedalign import FedAlignClient  # noqa: E402
+from lit_fed.methods.fedlsd import FedLSDClient  # noqa: E402
+from lit_fed.methods.fedntd import FedNTDClient  # noqa: E402
+from lit_fed.methods.moon import MOONClient  # noqa: E402
+
+__all__ += ["FedAlignClient", "FedLSDClient", "FedNTDClient", "FrozenModule", "GlobalTeacherClient", "MOONClient"]
