@@ -17,3 +17,9 @@ from lit_fed.methods.fedntd import FedNTDClient  # noqa: E402
 from lit_fed.methods.moon import MOONClient  # noqa: E402
 
 __all__ += ["FedAlignClient", "FedLSDClient", "FedNTDClient", "FrozenModule", "GlobalTeacherClient", "MOONClient"]
+
+from lit_fed.methods.ditto import DittoClient  # noqa: E402
+from lit_fed.methods.fedbabu import FedBABUClient  # noqa: E402
+from lit_fed.methods.perfedavg import PerFedAvgClient  # noqa: E402
+
+__all__ += ["DittoClient", "FedBABUClient", "PerFedAvgClient"]

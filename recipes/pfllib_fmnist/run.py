@@ -72,9 +72,12 @@ DEFAULT_ROUNDS = 10
 DEFAULT_OUT = "runs/pfllib_fmnist"
 
 
+METHOD_CONFIG_OVERRIDES = {"fedrep": "configs/method/fedrep_pfllib.yaml"}  # PFLlib's FedRep: 1 head epoch
+
+
 def method_config(method: str) -> str:
-    """Repository-relative path of a method's config."""
-    return f"configs/method/{method}.yaml"
+    """Repository-relative path of a method's config (PFLlib's own setting where it differs from the paper's)."""
+    return METHOD_CONFIG_OVERRIDES.get(method, f"configs/method/{method}.yaml")
 
 
 def resolve(path: str) -> Path:
