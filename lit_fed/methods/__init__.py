@@ -23,3 +23,7 @@ from lit_fed.methods.fedbabu import FedBABUClient  # noqa: E402
 from lit_fed.methods.perfedavg import PerFedAvgClient  # noqa: E402
 
 __all__ += ["DittoClient", "FedBABUClient", "PerFedAvgClient"]
+
+from lit_fed.methods.pse import CrossModelAttention, PSEClient  # noqa: E402
+
+__all__ += ["CrossModelAttention", "PSEClient"]
