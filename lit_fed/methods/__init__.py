@@ -27,3 +27,7 @@ __all__ += ["DittoClient", "FedBABUClient", "PerFedAvgClient"]
 from lit_fed.methods.pse import CrossModelAttention, PSEClient  # noqa: E402
 
 __all__ += ["CrossModelAttention", "PSEClient"]
+
+from lit_fed.methods.feddg import AmplitudeMix, FedDGClient, FedDGStrategy, amplitude_interpolate  # noqa: E402
+
+__all__ += ["AmplitudeMix", "FedDGClient", "FedDGStrategy", "amplitude_interpolate"]
