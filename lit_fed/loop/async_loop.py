@@ -374,6 +374,8 @@ class AsyncFederatedLoop(FederatedLoop):
         rng = numpy_rng(self.seed, "async_sampling", self.dispatched)
         cid = idle[int(rng.integers(len(idle)))]
         (message,) = self.strategy.configure_train(self.version, [cid], self.global_state)
+        for callback in self.callbacks:
+            message = callback.server_message(self, message)
         latency = self.asynchronous.latency.sample(numpy_rng(self.seed, "latency", cid, self.version), cid)
         if not (latency > 0 and math.isfinite(latency)):
             raise ValueError(f"latency of client {cid} at version {self.version} must be finite and > 0, got {latency}")
