@@ -1,33 +1,72 @@
-"""Personalized-FL methods: one module per paper (client hooks, and a server strategy when they pair)."""
+"""Personalized-FL methods: one module per paper (client hooks, and a server strategy when they pair).
 
-from lit_fed.methods.partial import (
-    PartialPFL,
-    fedalt_schedule,
-    fedsim_schedule,
-    ffgg_schedule,
-    partial_schedule,
-)
+Names are imported on first use (PEP 562), so a config naming ``lit_fed.methods.DittoClient`` loads only Ditto's
+module, and one method's heavy dependencies never slow down another's.
+"""
 
-__all__ = ["PartialPFL", "fedalt_schedule", "fedsim_schedule", "ffgg_schedule", "partial_schedule"]
+from __future__ import annotations
 
-from lit_fed.client.teacher import FrozenModule, GlobalTeacherClient  # noqa: E402
-from lit_fed.methods.fedalign import FedAlignClient  # noqa: E402
-from lit_fed.methods.fedlsd import FedLSDClient  # noqa: E402
-from lit_fed.methods.fedntd import FedNTDClient  # noqa: E402
-from lit_fed.methods.moon import MOONClient  # noqa: E402
+import importlib
+from typing import Any
 
-__all__ += ["FedAlignClient", "FedLSDClient", "FedNTDClient", "FrozenModule", "GlobalTeacherClient", "MOONClient"]
+_EXPORTS: dict[str, str] = {
+    "FrozenModule": "lit_fed.client.teacher",
+    "GlobalTeacherClient": "lit_fed.client.teacher",
+    "CCVR": "lit_fed.methods.ccvr",
+    "calibrate_classifier": "lit_fed.methods.ccvr",
+    "classifier_parameters": "lit_fed.methods.ccvr",
+    "feature_statistics": "lit_fed.methods.ccvr",
+    "pool_feature_statistics": "lit_fed.methods.ccvr",
+    "sample_virtual_features": "lit_fed.methods.ccvr",
+    "DittoClient": "lit_fed.methods.ditto",
+    "FedAlignClient": "lit_fed.methods.fedalign",
+    "FedBABUClient": "lit_fed.methods.fedbabu",
+    "EnsembleDistillation": "lit_fed.methods.feddf",
+    "FedDF": "lit_fed.methods.feddf",
+    "HeldOut": "lit_fed.methods.feddf",
+    "KeepBestState": "lit_fed.methods.feddf",
+    "ServerMetrics": "lit_fed.methods.feddf",
+    "distillation_kl": "lit_fed.methods.feddf",
+    "ensemble_logits": "lit_fed.methods.feddf",
+    "AmplitudeMix": "lit_fed.methods.feddg",
+    "FedDGClient": "lit_fed.methods.feddg",
+    "FedDGStrategy": "lit_fed.methods.feddg",
+    "amplitude_interpolate": "lit_fed.methods.feddg",
+    "FedGen": "lit_fed.methods.fedgen",
+    "FedGenClient": "lit_fed.methods.fedgen",
+    "Generator": "lit_fed.methods.fedgen",
+    "diversity_loss": "lit_fed.methods.fedgen",
+    "fedgen_schedule": "lit_fed.methods.fedgen",
+    "label_weights": "lit_fed.methods.fedgen",
+    "teacher_loss": "lit_fed.methods.fedgen",
+    "FedKDClient": "lit_fed.methods.fedkd",
+    "fedkd_compression": "lit_fed.methods.fedkd",
+    "fedkd_loss": "lit_fed.methods.fedkd",
+    "FedLSDClient": "lit_fed.methods.fedlsd",
+    "FedNTDClient": "lit_fed.methods.fedntd",
+    "MOONClient": "lit_fed.methods.moon",
+    "PartialPFL": "lit_fed.methods.partial",
+    "fedalt_schedule": "lit_fed.methods.partial",
+    "fedsim_schedule": "lit_fed.methods.partial",
+    "ffgg_schedule": "lit_fed.methods.partial",
+    "partial_schedule": "lit_fed.methods.partial",
+    "PerFedAvgClient": "lit_fed.methods.perfedavg",
+    "CrossModelAttention": "lit_fed.methods.pse",
+    "PSEClient": "lit_fed.methods.pse",
+}
 
-from lit_fed.methods.ditto import DittoClient  # noqa: E402
-from lit_fed.methods.fedbabu import FedBABUClient  # noqa: E402
-from lit_fed.methods.perfedavg import PerFedAvgClient  # noqa: E402
+__all__ = sorted(_EXPORTS)
 
-__all__ += ["DittoClient", "FedBABUClient", "PerFedAvgClient"]
 
-from lit_fed.methods.pse import CrossModelAttention, PSEClient  # noqa: E402
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-__all__ += ["CrossModelAttention", "PSEClient"]
 
-from lit_fed.methods.feddg import AmplitudeMix, FedDGClient, FedDGStrategy, amplitude_interpolate  # noqa: E402
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
 
-__all__ += ["AmplitudeMix", "FedDGClient", "FedDGStrategy", "amplitude_interpolate"]
