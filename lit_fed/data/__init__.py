@@ -58,3 +58,13 @@ __all__ = [
     "split_train_test",
     "write_idx",
 ]
+
+from lit_fed.data.shakespeare import (  # noqa: E402
+    TINY_SHAKESPEARE_URL,
+    ShakespeareDataModule,
+    WindowDataset,
+    find_tiny_shakespeare,
+    parse_speeches,
+)
+
+__all__ += ["TINY_SHAKESPEARE_URL", "ShakespeareDataModule", "WindowDataset", "find_tiny_shakespeare", "parse_speeches"]

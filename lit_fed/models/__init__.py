@@ -93,3 +93,16 @@ def create_model(name: str, /, **kwargs: object) -> nn.Module:
     except KeyError:
         raise ValueError(f"unknown model '{name}'; available: {', '.join(sorted(MODELS))}") from None
     return constructor(**kwargs)
+
+
+from lit_fed.models.vit import (  # noqa: E402
+    Attention,
+    Block,
+    CharTransformer,
+    TransformerBackbone,
+    ViT,
+    vit_cifar,
+    vit_tiny,
+)
+
+__all__ += ["Attention", "Block", "CharTransformer", "TransformerBackbone", "ViT", "vit_cifar", "vit_tiny"]
