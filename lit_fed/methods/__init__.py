@@ -42,12 +42,19 @@ _EXPORTS: dict[str, str] = {
     "FedKDClient": "lit_fed.methods.fedkd",
     "fedkd_compression": "lit_fed.methods.fedkd",
     "fedkd_loss": "lit_fed.methods.fedkd",
+    "FedLoGeClient": "lit_fed.methods.fedloge",
+    "build_sse_classifier": "lit_fed.methods.fedloge",
+    "global_realign": "lit_fed.methods.fedloge",
+    "norm_transfer": "lit_fed.methods.fedloge",
     "FedLSDClient": "lit_fed.methods.fedlsd",
     "FedNTDClient": "lit_fed.methods.fedntd",
     "FedTP": "lit_fed.methods.fedtp",
     "FedTPClient": "lit_fed.methods.fedtp",
     "QKV": "lit_fed.methods.fedtp",
     "attention_modules": "lit_fed.methods.fedtp",
+    "FedETFClient": "lit_fed.methods.lt_baselines",
+    "FedRoDClient": "lit_fed.methods.lt_baselines",
+    "balanced_softmax_loss": "lit_fed.methods.lt_baselines",
     "MOONClient": "lit_fed.methods.moon",
     "PartialPFL": "lit_fed.methods.partial",
     "fedalt_schedule": "lit_fed.methods.partial",
@@ -83,4 +90,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
-
