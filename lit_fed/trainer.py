@@ -166,7 +166,7 @@ class FederatedTrainer(L.Trainer):
         if datamodule is None or ckpt_path is None:
             raise ValueError("validate/test of a federated run needs data: and --ckpt_path (a round checkpoint)")
         loop = self.build_loop(model, datamodule)
-        loop._setup()
+        loop.setup()
         loop.restore(ckpt_path)
         metrics = loop.evaluate()
         Console().print({k: round(100 * v, 2) for k, v in metrics.items()})

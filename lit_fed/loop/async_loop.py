@@ -322,8 +322,8 @@ class AsyncFederatedLoop(FederatedLoop):
 
     # -- setup and checkpoints ---------------------------------------------------------------------------
     @override
-    def _setup(self) -> None:
-        super()._setup()
+    def setup(self) -> None:
+        super().setup()
         if self.asynchronous.concurrency > self.num_clients:
             raise ValueError(
                 f"asynchronous mode: concurrency {self.asynchronous.concurrency} exceeds the {self.num_clients} clients"

@@ -86,7 +86,7 @@ class FederatedResult:
 
 
 @contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
+def quiet_lightning() -> Iterator[None]:
     """Silences Lightning's per-fit banners (device info, 'max_epochs reached') during client fits."""
     loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
     levels = [lg.level for lg in loggers]
@@ -120,7 +120,7 @@ def _has_callback_factories(group: str) -> bool:
 
 
 @contextlib.contextmanager
-def _cached_callback_discovery() -> Iterator[None]:
+def cached_callback_discovery() -> Iterator[None]:
     """Skips Lightning's per-Trainer scan of every installed package's entry points when none registers callbacks.
 
     ``Trainer.__init__`` looks up callback factories in package metadata each time (~10 ms here), which would be
@@ -272,7 +272,8 @@ class FederatedLoop:
             kwargs.update(max_epochs=self.local_epochs)
         return kwargs
 
-    def _setup(self) -> None:
+    def setup(self) -> None:
+        """Prepares a run: data, sampler, initial global and personal state, output directory."""
         self.datamodule.setup("fit")
         self.num_clients = int(self.datamodule.num_clients)
         self.sampler = ClientSampler(self.num_clients, self.client_fraction, self.seed, self.client_dropout)
@@ -302,7 +303,7 @@ class FederatedLoop:
         dataloader = self.datamodule.client_train_dataloader(cid, rnd)
         for callback in self.callbacks:
             dataloader = callback.client_dataloader(self, cid, rnd, dataloader)
-        with _quiet_lightning(), _cached_callback_discovery():
+        with quiet_lightning(), cached_callback_discovery():
             limits = self.client.fit_limits(self.local_epochs, self.local_steps)
             trainer = L.Trainer(**{**self._client_kwargs, **limits})
             trainer.fit(self.client, train_dataloaders=dataloader)
@@ -315,7 +316,11 @@ class FederatedLoop:
         return update
 
     # -- evaluation --------------------------------------------------------------------------------------
-    def _load_for(self, client_id: int | None) -> None:
+    def load_client(self, client_id: int | None) -> None:
+        """Loads the global state and ``client_id``'s stored personal state into the worker module.
+
+        ``None`` loads the initial personal state (the "global model" of split-personalized methods).
+        """
         personal = (
             self.initial_personal if client_id is None else (self.state_store.get(client_id) or self.initial_personal)
         )
@@ -331,7 +336,7 @@ class FederatedLoop:
         module.eval()
         metrics: dict[str, float] = {}
         try:
-            self._load_for(None)
+            self.load_client(None)
             global_stats = new_class_stats(num_classes)
             glob = accumulate_accuracy(
                 new_accuracy(num_classes),
@@ -349,7 +354,7 @@ class FederatedLoop:
                 per_client = {}
                 for cid in range(self.num_clients):
                     if self._needs_per_client_eval:
-                        self._load_for(cid)
+                        self.load_client(cid)
                         module.personalize(self.datamodule.client_train_dataloader(cid, self.round))
                         module.eval()
                     per_client[cid] = accumulate_accuracy(
@@ -508,7 +513,7 @@ class FederatedLoop:
 
     def run(self, resume_from: str | Path | None = None) -> FederatedResult:
         """Runs all rounds (from a round checkpoint if ``resume_from`` is given) and writes the report."""
-        self._setup()
+        self.setup()
         self.strategy.initialize(copy.deepcopy(self.global_state))
         start = self.restore(resume_from) if resume_from is not None else 0
         if self._loggers is None:  # a resumed run logs into its own version: earlier rounds' logs stay intact

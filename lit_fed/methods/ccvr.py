@@ -380,7 +380,7 @@ class CCVR(LoopCallback):
         """Runs CCVR on the loop's current global model; returns the metrics (see the class docstring).
 
         Args:
-            loop: A set-up federated loop (inside a run, or ``loop._setup(); loop.restore(checkpoint)``).
+            loop: A set-up federated loop (inside a run, or ``loop.setup(); loop.restore(checkpoint)``).
             round: The round the statistics belong to (default: the loop's current round).
             metrics: The round's metrics, reused as the "before" accuracies when they hold them (else the loop
                 evaluates first).

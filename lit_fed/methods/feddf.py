@@ -56,7 +56,7 @@ from lit_fed.data.batching import TensorBatchDataset, normalize_images, sequenti
 from lit_fed.data.datasets import ArrayDataset, DatasetSource
 from lit_fed.data.partition import split_train_test
 from lit_fed.loop.callbacks import LoopCallback
-from lit_fed.loop.federated_loop import _cached_callback_discovery, _quiet_lightning
+from lit_fed.loop.federated_loop import cached_callback_discovery, quiet_lightning
 from lit_fed.metrics.fidelity import DistillationFidelity, PredictiveKL
 from lit_fed.server.strategy import FedAvg, ServerContext, Strategy
 from lit_fed.utils.seeding import derive_seed, numpy_rng, torch_generator
@@ -608,7 +608,7 @@ class FedDF(Strategy):
         train_loader = shuffled_loader(TensorBatchDataset(train_x, teacher_train), self.batch_size, generator)
         val_loader = sequential_loader(TensorBatchDataset(val_x, teacher_val), self.eval_batch_size)
 
-        with torch.random.fork_rng(devices=[]), _quiet_lightning(), _cached_callback_discovery():
+        with torch.random.fork_rng(devices=[]), quiet_lightning(), cached_callback_discovery():
             torch.manual_seed(derive_seed(seed, "feddf", "fit", context.round))
             trainer = L.Trainer(**self._trainer_kwargs(context, callbacks))
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader)

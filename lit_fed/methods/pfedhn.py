@@ -647,7 +647,7 @@ class HypernetworkClient(FederatedClient):
             raise RuntimeError(
                 f"{type(self).__name__}: personalized evaluation without the hypernetwork's generated tensors — the "
                 "loop is not bound to its hypernetwork strategy. Call lit_fed.methods.bind_hypernetwork(loop) after "
-                "loop._setup()/loop.restore(...) (lit-fed validate/test cannot do this yet; see the pfedhn module)"
+                "loop.setup()/loop.restore(...) (lit-fed validate/test cannot do this yet; see the pfedhn module)"
             )
         return super().predict_logits(x)
 
@@ -760,8 +760,8 @@ class GeneratedStateStore(ClientStateStore):
 def bind_hypernetwork(loop: FederatedLoop) -> None:
     """Builds the loop's hypernetwork strategy for its client and clients, and installs the evaluation view.
 
-    Idempotent. Call after ``loop._setup()`` (the :class:`BindHypernetwork` callback calls it at every round start);
-    to evaluate a saved checkpoint: ``loop._setup(); loop.restore(path); bind_hypernetwork(loop); loop.evaluate()``.
+    Idempotent. Call after ``loop.setup()`` (the :class:`BindHypernetwork` callback calls it at every round start);
+    to evaluate a saved checkpoint: ``loop.setup(); loop.restore(path); bind_hypernetwork(loop); loop.evaluate()``.
 
     Raises:
         TypeError: the loop's strategy is not a :class:`HypernetworkStrategy` or its client not a

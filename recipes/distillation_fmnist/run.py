@@ -157,7 +157,7 @@ def run_ccvr(partition: str, out: Path, rounds: int, seed: int, samples_per_clas
         with runner._bare_argv():
             cli = build_cli(args=[a for a in args if a != "fit"], run=False)
         loop = cli.trainer.build_loop(cli.model, cli.datamodule)
-        loop._setup()  # as FederatedTrainer.validate does: a loop restored from a round checkpoint
+        loop.setup()  # as FederatedTrainer.validate does: a loop restored from a round checkpoint
         loop.restore(base_dir / "checkpoints" / "last.ckpt")
         loop.round = rounds - 1
         ccvr = CCVR(samples_per_class=samples_per_class)

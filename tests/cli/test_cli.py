@@ -114,7 +114,7 @@ def test_fit_then_validate_a_saved_checkpoint(tmp_path):
     assert cli.trainer.validate_result if hasattr(cli.trainer, "validate_result") else True
     expected = result.history[-1]
     metrics = cli.trainer.build_loop(cli.model, cli.datamodule)
-    metrics._setup()
+    metrics.setup()
     metrics.restore(run_dir / "checkpoints/last.ckpt")
     evaluated = metrics.evaluate()
     assert evaluated["global_acc"] == pytest.approx(expected["global_acc"])

@@ -77,8 +77,8 @@ class ForcedSequence(FederatedLoop):
         super().__init__(*args, **kwargs)
         self.order = order
 
-    def _setup(self):
-        super()._setup()
+    def setup(self):
+        super().setup()
         order = self.order
         self.sampler = type("Sampler", (), {"sample": lambda self, r: RoundParticipants([order[r]], [])})()
 

@@ -136,7 +136,7 @@ def test_honest_personal_accuracy_is_pooled_over_honest_clients(client_factory, 
     honest = [c for c in range(5) if c not in attackers]
     correct = total = 0
     for cid in honest:
-        loop._load_for(cid)
+        loop.load_client(cid)
         loop.client.eval()
         with torch.no_grad():
             for x, y in dm.client_test_dataloader(cid):

@@ -76,7 +76,7 @@ def test_personalized_accuracy_is_pooled_exactly(client_factory, datamodule, tmp
     correct = total = 0
     accs = []
     for cid in range(datamodule.num_clients):
-        loop._load_for(cid)
+        loop.load_client(cid)
         loop.client.eval()
         c = n = 0
         with torch.no_grad():

@@ -97,7 +97,7 @@ def test_fine_tuning_leaks_neither_into_the_store_nor_into_the_next_client(datam
     # Each client evaluated alone, in reverse order, from freshly loaded state: the same accuracy.
     client = loop.client
     for cid in reversed(range(4)):
-        loop._load_for(cid)
+        loop.load_client(cid)
         client.eval()
         client.personalize(dm.client_train_dataloader(cid, loop.round))
         acc = accumulate_accuracy(new_accuracy(4), client.predict_logits, dm.client_test_dataloader(cid), "cpu")

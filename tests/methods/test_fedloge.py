@@ -414,7 +414,7 @@ def test_masking_in_the_loop_uses_each_clients_training_counts(tmp_path):
     x = dm.global_test_dataloader().dataset.images[:8]
     for cid in range(4):
         counts = dm.client_label_counts(cid)
-        loop._load_for(cid)
+        loop.load_client(cid)
         assert torch.equal(loop.client.label_stats.counts, counts)
         with torch.no_grad():
             logits = loop.client.predict_logits(x)

@@ -107,7 +107,7 @@ def test_never_trained_client_gets_its_qkv_from_the_hypernetwork_at_evaluation(d
     assert len(untrained) == 3
     client, strategy = loop.client, loop.strategy
     for cid in untrained:
-        loop._load_for(cid)
+        loop.load_client(cid)
         generated = strategy.generate([cid])
         for key in qkv_keys():
             torch.testing.assert_close(client.state_dict()[key], generated[key][0])

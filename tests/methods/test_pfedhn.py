@@ -155,7 +155,7 @@ def test_never_trained_clients_are_evaluated_with_generated_weights(datamodule_f
     strategy, client = loop.strategy, loop.client
     assert result.global_state[VERSION_KEY].item() == strategy.version == 1
     for cid in range(4):
-        loop._load_for(cid)
+        loop.load_client(cid)
         generated = strategy.generate([cid])
         for key in client.generated_keys():
             torch.testing.assert_close(client.state_dict()[key], generated[key][0])
@@ -168,7 +168,7 @@ def test_never_trained_clients_are_evaluated_with_generated_weights(datamodule_f
             torch.testing.assert_close(client.backbone.fc.weight, loop.initial_personal["backbone.fc.weight"])
     # the reported accuracy of a never-trained client is that of its generated weights
     cid = untrained[0]
-    loop._load_for(cid)
+    loop.load_client(cid)
     client.eval()
     correct = total = 0
     with torch.no_grad():
@@ -202,7 +202,7 @@ def test_evaluating_a_checkpoint_needs_the_binding(datamodule_factory, tmp_path)
     loop = make_loop(datamodule_factory(num_clients=4), tmp_path, private_head=True, rounds=2)
     expected = loop.run().history[-1]["personal_acc"]
     fresh = make_loop(datamodule_factory(num_clients=4), tmp_path, private_head=True, rounds=2)
-    fresh._setup()
+    fresh.setup()
     fresh.restore(tmp_path / "checkpoints/last.ckpt")
     with pytest.raises(RuntimeError, match="bind_hypernetwork"):  # never a silently wrong accuracy
         fresh.evaluate()
