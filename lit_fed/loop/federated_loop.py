@@ -55,6 +55,7 @@ from lit_fed.utils.seeding import derive_seed
 log = logging.getLogger("lit_fed")
 
 CLIENT_TRAINER_DEFAULTS: dict[str, Any] = {
+    "barebones": True,  # Lightning's raw-speed mode: no per-step logging bookkeeping (overridable)
     "logger": False,
     "enable_checkpointing": False,
     "enable_progress_bar": False,
@@ -85,9 +86,25 @@ class FederatedResult:
     artifacts: dict[str, Path] = field(default_factory=dict)
 
 
+_quiet_depth = 0
+
+
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """Silences Lightning's per-fit banners (device info, 'max_epochs reached') during client fits."""
+    """Silences Lightning's per-fit banners (device info, 'max_epochs reached') during client fits.
+
+    Re-entrant: nested uses cost nothing (``Logger.setLevel`` clears every logger's cache, too slow to repeat
+    per client fit), so the loop enters it once per run and each fit enters it again cheaply.
+    """
+    global _quiet_depth
+    if _quiet_depth:
+        _quiet_depth += 1
+        try:
+            yield
+        finally:
+            _quiet_depth -= 1
+        return
+    _quiet_depth = 1
     loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -98,11 +115,23 @@ def quiet_lightning() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
         warnings.filterwarnings("ignore", message=".*but have no `val_dataloader`.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*`Trainer\\(barebones=True\\)` is configured.*")
         try:
             yield
         finally:
+            _quiet_depth = 0
             for lg, level in zip(loggers, levels, strict=True):
                 lg.setLevel(level)
+
+
+def seed_torch(seed: int) -> None:
+    """Seeds the CPU generator and, when CUDA exists, every CUDA device.
+
+    Cheaper than ``torch.manual_seed``, which also probes every other backend, on each of a run's client fits.
+    """
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
 
 
 def mean_client_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
@@ -299,7 +328,7 @@ class FederatedLoop:
         cid, rnd = message.client_id, message.round
         self.client.load_personal_state(self.state_store.get(cid) or self.initial_personal)
         self.client.receive_global(message)
-        torch.manual_seed(derive_seed(self.seed, "fit", rnd, cid))
+        seed_torch(derive_seed(self.seed, "fit", rnd, cid))
         dataloader = self.datamodule.client_train_dataloader(cid, rnd)
         for callback in self.callbacks:
             dataloader = callback.client_dataloader(self, cid, rnd, dataloader)
@@ -522,7 +551,7 @@ class FederatedLoop:
         last_ckpt: Path | None = None
         if start > 0:
             last_ckpt = Path(resume_from)  # type: ignore[arg-type]
-        with self._progress() as progress:
+        with self._progress() as progress, quiet_lightning():
             task = progress.add_task("rounds", total=self.rounds, completed=start, status="")
             for rnd in range(start, self.rounds):
                 metrics = self.run_round(rnd)

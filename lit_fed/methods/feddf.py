@@ -79,6 +79,7 @@ _HELD_OUT_PARTS = ("rest", "held_out")
 # Trainer settings the server-side distillation owns (everything else of the client Trainer's settings is reused).
 _OWNED_TRAINER_KEYS = frozenset(
     {
+        "barebones",  # the validation-based best-state selection needs self.log, which barebones disables
         "max_epochs",
         "max_steps",
         "min_epochs",

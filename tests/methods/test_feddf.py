@@ -175,3 +175,16 @@ def test_config_runs_two_rounds_and_resumes_to_identical_numbers(tmp_path):
     a, b = full.history[-1], resumed.history[-1]
     assert {k: v for k, v in a.items() if k != "round_seconds"} == {k: v for k, v in b.items() if k != "round_seconds"}
     assert all(torch.equal(full.global_state[k], resumed.global_state[k]) for k in full.global_state)
+
+
+def test_server_fit_keeps_logging_when_client_trainers_run_barebones():
+    """The loop's client Trainers run in Lightning's barebones mode, which disables ``self.log``; FedDF's best-state
+    selection reads the logged ``val_kl``, so its server Trainer must not inherit barebones."""
+    from lit_fed.loop.federated_loop import CLIENT_TRAINER_DEFAULTS
+    from lit_fed.server.strategy import ServerContext
+
+    assert CLIENT_TRAINER_DEFAULTS["barebones"] is True
+    context = ServerContext(round=0, trainer_kwargs={**CLIENT_TRAINER_DEFAULTS, "accelerator": "cpu", "max_epochs": 1})
+    kwargs = FedDF(server_data=SOURCE)._trainer_kwargs(context, callbacks=[])
+    assert "barebones" not in kwargs
+    assert kwargs["limit_val_batches"] == 1.0 and kwargs["accelerator"] == "cpu"
