@@ -27,19 +27,31 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
-import os
-import shlex
 import sys
 import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[name] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return sys.modules[name]
+
+
+runner = _load("pfllib_fmnist_run", ROOT / "recipes" / "pfllib_fmnist" / "run.py")  # shared command/JSON helpers
 BASE_CONFIGS = [
     "configs/data/fmnist_dir01.yaml",
     "configs/model/fedavgcnn.yaml",
@@ -112,18 +124,6 @@ def cli_args(scheme: str, rounds: int, run_dir: Path, seed: int, extra: Sequence
     return args
 
 
-def shell_command(args: Sequence[str]) -> str:
-    """The ``lit-fed`` command equivalent to ``args`` (repository-relative config paths)."""
-    shown = [str(Path(a).relative_to(ROOT)) if a.startswith(str(ROOT) + os.sep) else a for a in args]
-    return "lit-fed " + shlex.join(shown)
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
-    os.replace(tmp, path)
-
-
 KEEP = (
     "round",
     "global_acc",
@@ -168,7 +168,7 @@ def run_scheme(scheme: str, out: Path, rounds: int, seed: int, extra: Sequence[s
     from lit_fed.cli import build_cli
 
     args = cli_args(scheme, rounds, run_dir, seed, extra, resume)
-    command = shell_command(cli_args(scheme, rounds, run_dir, seed, extra, None))
+    command = runner.lit_fed_command(cli_args(scheme, rounds, run_dir, seed, extra, None))
     print(f"[{scheme}] {command}", flush=True)
     started = time.perf_counter()
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when both args= and sys.argv[1:] are given
@@ -184,7 +184,7 @@ def run_scheme(scheme: str, out: Path, rounds: int, seed: int, extra: Sequence[s
     finally:
         sys.argv = argv
     history = [{k: h[k] for k in KEEP if k in h} for h in result.history]
-    _write_json(
+    runner._write_json(
         result_path,
         {
             "scheme": scheme,
