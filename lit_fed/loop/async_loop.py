@@ -432,13 +432,14 @@ class AsyncFederatedLoop(FederatedLoop):
                 accepted.append(update)
             arrivals += 1
             self._fill()  # the freed slot restarts from the current model
+        server_metrics: dict[str, Any] = {}
         if accepted:
             context = ServerContext(
                 round=rnd,
                 client_template=self.client,
                 datamodule=self.datamodule,
                 trainer_kwargs=dict(self._client_kwargs),
-                logger=lambda m: self._log(m, rnd),
+                logger=server_metrics.update,
             )
             self.global_state = self.strategy.server_train(self.global_state, accepted, context)
         histogram: dict[int, int] = {}
@@ -458,6 +459,7 @@ class AsyncFederatedLoop(FederatedLoop):
             **self.comm.round_metrics(),
         }
         metrics.update(mean_client_metrics(accepted))
+        metrics.update(server_metrics)
         if self.eval_every and ((rnd + 1) % self.eval_every == 0 or rnd == self.rounds - 1):
             metrics.update(self.evaluate())
         metrics["round_seconds"] = time.perf_counter() - started

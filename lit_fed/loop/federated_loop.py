@@ -36,6 +36,7 @@ from lit_fed.loop.checkpoint import (
     save_checkpoint,
 )
 from lit_fed.loop.reporting import plot_accuracy, render_summary, summarize
+from lit_fed.loop.runner import ClientEvaluation, ClientRunner, SequentialRunner
 from lit_fed.loop.state_store import ClientStateStore, InMemoryStateStore
 from lit_fed.metrics.communication import CommunicationMeter
 from lit_fed.metrics.evaluation import (
@@ -213,6 +214,8 @@ class FederatedLoop:
         shot_thresholds: ``(few_below, many_above)`` training-sample counts per class that define few-, medium- and
             many-shot classes; when the training pool's classes fall into more than one group (long-tailed data),
             evaluation also reports ``global_acc_many/medium/few`` and ``personal_acc_many/medium/few``.
+        runner: Where the clients' local training and personalized evaluation run (this process, one client after
+            another, by default; a Flower backend installs a runner that sends them to Flower nodes).
     """
 
     def __init__(
@@ -238,6 +241,7 @@ class FederatedLoop:
         callbacks: Sequence[LoopCallback] = (),
         progress: bool = True,
         shot_thresholds: tuple[int, int] = (20, 100),
+        runner: ClientRunner | None = None,
     ) -> None:
         if not isinstance(client, FederationMixin):
             raise TypeError(
@@ -282,6 +286,7 @@ class FederatedLoop:
         self.global_state: StateDict = {}
         self.round = 0
         self.eval_device = self._resolve_eval_device()
+        self.runner: ClientRunner = runner if runner is not None else SequentialRunner()
 
     # -- setup -----------------------------------------------------------------------------------------
     def _resolve_eval_device(self) -> torch.device:
@@ -321,6 +326,7 @@ class FederatedLoop:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.loggers: list[Any] = [] if self._loggers is None else list(self._loggers)
+        self.strategy.bind(self)
 
     # -- one client --------------------------------------------------------------------------------------
     def train_client(self, message: ServerMessage) -> ClientUpdate:
@@ -344,6 +350,18 @@ class FederatedLoop:
             self.state_store.put(cid, personal, rnd)
         return update
 
+    def prepare_message(self, message: ServerMessage) -> ServerMessage:
+        """What leaves the server for ``message.client_id``: the callbacks' version of it, counted as downloaded."""
+        for callback in self.callbacks:
+            message = callback.server_message(self, message)
+        self.comm.download(message)
+        return message
+
+    def receive_update(self, update: ClientUpdate) -> ClientUpdate:
+        """Counts an arriving client update as uploaded and returns it."""
+        self.comm.upload(update)
+        return update
+
     # -- evaluation --------------------------------------------------------------------------------------
     def load_client(self, client_id: int | None) -> None:
         """Loads the global state and ``client_id``'s stored personal state into the worker module.
@@ -356,50 +374,75 @@ class FederatedLoop:
         self.client.load_personal_state(personal)
         self.client.load_state(self.global_state, what="global state")
 
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[torch.nn.Module]:
+        """The worker module on the evaluation device in eval mode; back on CPU in its previous mode afterwards."""
+        module = self.client
+        was_training = module.training
+        module.to(self.eval_device)
+        module.eval()
+        try:
+            yield module
+        finally:
+            module.to("cpu")
+            module.train(was_training)
+
+    def evaluate_clients(self, client_ids: Sequence[int]) -> list[ClientEvaluation]:
+        """Each client's personalized model (stored personal state, then ``personalize``) on its own test split.
+
+        The same code runs in every backend: the sequential runner calls it for all clients, a Flower ClientApp
+        for the client it hosts.
+        """
+        num_classes = int(self.datamodule.num_classes)
+        results = []
+        with self._eval_mode() as module:
+            if not self._needs_per_client_eval:
+                self.load_client(None)  # every client evaluates the global model on its own test split
+            for cid in client_ids:
+                if self._needs_per_client_eval:
+                    self.load_client(cid)
+                    module.personalize(self.datamodule.client_train_dataloader(cid, self.round))
+                    module.eval()
+                stats = new_class_stats(num_classes)
+                accuracy = accumulate_accuracy(
+                    new_accuracy(num_classes),
+                    module.predict_logits,
+                    self.datamodule.client_test_dataloader(cid),
+                    self.eval_device,
+                    also=[stats],
+                )
+                results.append(ClientEvaluation(client_id=cid, accuracy=accuracy, class_stats=stats))
+        return results
+
     def evaluate(self) -> dict[str, float]:
         """Global accuracy on the global test set and personalized accuracy on every client's test split."""
-        module, device = self.client, self.eval_device
         num_classes = int(self.datamodule.num_classes)
-        was_training = module.training
-        module.to(device)
-        module.eval()
         metrics: dict[str, float] = {}
-        try:
+        with self._eval_mode() as module:
             self.load_client(None)
             global_stats = new_class_stats(num_classes)
             glob = accumulate_accuracy(
                 new_accuracy(num_classes),
                 module.global_logits,
                 self.datamodule.global_test_dataloader(),
-                device,
+                self.eval_device,
                 also=[global_stats],
             )
-            metrics["global_acc"] = float(glob.compute())
-            grouped = self.shot_groups is not None and len(self.shot_groups) > 1
+        metrics["global_acc"] = float(glob.compute())
+        grouped = self.shot_groups is not None and len(self.shot_groups) > 1
+        if grouped:
+            metrics.update(group_accuracy(global_stats, self.shot_groups, "global"))  # type: ignore[arg-type]
+        if self.personalized_eval:
+            evaluations = self.runner.evaluate(self, range(self.num_clients))
+            personal_stats = new_class_stats(num_classes)
+            for evaluation in evaluations:
+                personal_stats.merge_state(evaluation.class_stats)
+            self.last_personalized = pool_client_metrics(
+                {e.client_id: e.accuracy for e in evaluations}, num_classes
+            )
+            metrics.update(self.last_personalized.as_metrics())
             if grouped:
-                metrics.update(group_accuracy(global_stats, self.shot_groups, "global"))  # type: ignore[arg-type]
-            if self.personalized_eval:
-                personal_stats = new_class_stats(num_classes)
-                per_client = {}
-                for cid in range(self.num_clients):
-                    if self._needs_per_client_eval:
-                        self.load_client(cid)
-                        module.personalize(self.datamodule.client_train_dataloader(cid, self.round))
-                        module.eval()
-                    per_client[cid] = accumulate_accuracy(
-                        new_accuracy(num_classes),
-                        module.predict_logits,
-                        self.datamodule.client_test_dataloader(cid),
-                        device,
-                        also=[personal_stats],
-                    )
-                self.last_personalized = pool_client_metrics(per_client, num_classes)
-                metrics.update(self.last_personalized.as_metrics())
-                if grouped:
-                    metrics.update(group_accuracy(personal_stats, self.shot_groups, "personal"))  # type: ignore[arg-type]
-        finally:
-            module.to("cpu")
-            module.train(was_training)
+                metrics.update(group_accuracy(personal_stats, self.shot_groups, "personal"))  # type: ignore[arg-type]
         return metrics
 
     # -- checkpoints -------------------------------------------------------------------------------------
@@ -496,17 +539,11 @@ class FederatedLoop:
         messages = self.strategy.configure_train(rnd, participants.reporting, self.global_state)
         for cid in participants.dropped:
             log.info("round %d: client %d dropped out (did not report)", rnd, cid)
-        updates = []
-        for message in messages:
-            for callback in self.callbacks:
-                message = callback.server_message(self, message)
-            self.comm.download(message)
-            update = self.train_client(message)
-            self.comm.upload(update)
-            updates.append(update)
+        updates = self.runner.train(self, messages)
         accepted, rejected = screen_updates(updates, self.global_state)
         for _, reason in rejected:
             log.warning(reason)
+        server_metrics: dict[str, Any] = {}
         if accepted:
             self.global_state = self.strategy.aggregate_train(rnd, accepted, self.global_state)
             context = ServerContext(
@@ -514,7 +551,7 @@ class FederatedLoop:
                 client_template=self.client,
                 datamodule=self.datamodule,
                 trainer_kwargs=dict(self._client_kwargs),
-                logger=lambda m: self._log(m, rnd),
+                logger=server_metrics.update,
             )
             self.global_state = self.strategy.server_train(self.global_state, accepted, context)
         else:
@@ -527,6 +564,7 @@ class FederatedLoop:
             **self.comm.round_metrics(),
         }
         metrics.update(mean_client_metrics(accepted))
+        metrics.update(server_metrics)
         if self.eval_every and ((rnd + 1) % self.eval_every == 0 or rnd == self.rounds - 1):
             metrics.update(self.evaluate())
         metrics["round_seconds"] = time.perf_counter() - started

@@ -30,7 +30,7 @@ returns a student that fits the ensemble worse than FedAvg did.
 Fidelity (Stanton et al. 2021): top-1 agreement and average predictive KL of the student to the ensemble on the
 held-out server split, before and after distillation, are reported in :attr:`FedDF.last_metrics`
 (``feddf_before_fidelity_agreement``, ``feddf_before_fidelity_kl``, ``feddf_after_...``), logged through
-``ServerContext.logger`` and added to the round's metrics by the :class:`ServerMetrics` loop callback.
+``ServerContext.logger``, which adds them to the round's metrics.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -55,21 +55,16 @@ from lit_fed.client.payloads import ClientUpdate, ServerMessage, StateDict
 from lit_fed.data.batching import TensorBatchDataset, normalize_images, sequential_loader, shuffled_loader
 from lit_fed.data.datasets import ArrayDataset, DatasetSource
 from lit_fed.data.partition import split_train_test
-from lit_fed.loop.callbacks import LoopCallback
 from lit_fed.loop.federated_loop import cached_callback_discovery, quiet_lightning
 from lit_fed.metrics.fidelity import DistillationFidelity, PredictiveKL
 from lit_fed.server.strategy import FedAvg, ServerContext, Strategy
 from lit_fed.utils.seeding import derive_seed, numpy_rng, torch_generator
-
-if TYPE_CHECKING:
-    from lit_fed.loop.federated_loop import FederatedLoop
 
 __all__ = [
     "EnsembleDistillation",
     "FedDF",
     "HeldOut",
     "KeepBestState",
-    "ServerMetrics",
     "distillation_kl",
     "ensemble_logits",
 ]
@@ -640,22 +635,3 @@ class FedDF(Strategy):
             f"FedDF(inner={self.inner!r}, server_data={self.server_data!r}, max_steps={self.max_steps}, "
             f"lr={self.lr}, temperature={self.temperature})"
         )
-
-
-class ServerMetrics(LoopCallback):
-    """Adds a server strategy's ``last_metrics`` (FedDF's fidelity, FedGen's generator losses) to the round metrics.
-
-    ``Strategy.server_train`` can only log through ``ServerContext.logger``; this callback copies what the strategy
-    reported in the round into the round's metrics, so they reach ``FederatedResult.history`` and the run's loggers
-    with the other round metrics. Stateless.
-    """
-
-    @override
-    def on_round_end(self, loop: FederatedLoop, round: int, metrics: dict[str, Any]) -> None:
-        reported = getattr(loop.strategy, "last_metrics", None)
-        if reported:
-            metrics.update(reported)
-            loop.strategy.last_metrics = {}  # type: ignore[attr-defined]
-
-    def __repr__(self) -> str:
-        return "ServerMetrics()"

@@ -98,8 +98,7 @@ class FedTP(HypernetworkStrategy):
 
     Defaults (METHODS §4): client embedding 128, MLP width 150 with 3 hidden layers (ReLU between), one linear head
     per block; SGD on ``φ`` with lr 0.01, momentum 0.9, weight decay 1e-3; no gradient clipping [code];
-    ``g_φ = Σ_i p_i (∂W_i/∂φ)ᵀ (W_i − W̃_i)``. Pair with :class:`FedTPClient` and the
-    :class:`~lit_fed.methods.pfedhn.BindHypernetwork` round callback (``configs/method/fedtp.yaml``).
+    ``g_φ = Σ_i p_i (∂W_i/∂φ)ᵀ (W_i − W̃_i)``. Pair with :class:`FedTPClient` (``configs/method/fedtp.yaml``).
 
     Args:
         embedding_dim: Client-embedding size.

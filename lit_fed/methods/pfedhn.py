@@ -31,8 +31,9 @@ The pieces, usable on their own:
 
 **Evaluating clients that never trained.** The loop evaluates client ``c`` with ``store.get(c)`` (or the initial
 personal state) plus the global state, and neither the client module nor the loop can reach the strategy. So the
-generated tensors enter through the client-state store: :func:`bind_hypernetwork` (what the :class:`BindHypernetwork`
-loop callback runs at the start of every round) builds the hypernetwork for the loop's client and number of clients,
+generated tensors enter through the client-state store: :func:`bind_hypernetwork` (what
+:meth:`HypernetworkStrategy.bind` runs at the end of the loop's ``setup()``, so also before ``lit-fed validate/test``
+evaluates a checkpoint) builds the hypernetwork for the loop's client and number of clients,
 and wraps the loop's store in a :class:`GeneratedStateStore`, a view whose ``get(c)`` returns the client's stored
 private state (or the initial one) overlaid with ``h(v_c; φ)`` for the *current* ``φ`` — exactly what the official
 ``evaluate`` does for every client [code], trained or not — and whose ``put`` drops the generated tensors (they are
@@ -44,7 +45,7 @@ Example (Python API; the YAML configs ``configs/method/pfedhn.yaml`` / ``pfedhn_
 
     client = PFedHNClient(FedAvgCNN(), optimizer=lambda p: torch.optim.SGD(p, lr=5e-3, momentum=0.9,
                                                                             weight_decay=5e-5))
-    loop = FederatedLoop(client, datamodule, PFedHN(), local_steps=50, callbacks=[BindHypernetwork()],
+    loop = FederatedLoop(client, datamodule, PFedHN(), local_steps=50,
                          trainer_kwargs={"gradient_clip_val": 50})
     loop.run()
 """
@@ -65,7 +66,6 @@ from lit_fed.client.payloads import ClientUpdate, ServerMessage, StateDict
 from lit_fed.client.regularizers import Regularizer
 from lit_fed.client.schedule import LocalSchedule
 from lit_fed.client.split import Head, Modules, ParameterSelector
-from lit_fed.loop.callbacks import LoopCallback
 from lit_fed.loop.state_store import ClientStateStore
 from lit_fed.server.aggregation import Aggregator
 from lit_fed.server.strategy import FedAvg, ServerContext
@@ -77,7 +77,6 @@ if TYPE_CHECKING:
 __all__ = [
     "GENERATED_MARKER",
     "VERSION_KEY",
-    "BindHypernetwork",
     "GeneratedStateStore",
     "Hypernetwork",
     "HypernetworkClient",
@@ -228,9 +227,9 @@ class HypernetworkStrategy(FedAvg):
     clips its norm, and steps the SGD optimizer on ``φ``.
 
     The hypernetwork is built by :meth:`setup` from the client module's generated shapes and the number of clients —
-    :func:`bind_hypernetwork` / the :class:`BindHypernetwork` loop callback does this, and installs the evaluation
-    view (see the module docstring). A strategy used inside a loop without that binding fails in its first round,
-    before any evaluation, rather than report wrong personalized accuracies.
+    :meth:`bind` (called by the loop's ``setup()``) does this through :func:`bind_hypernetwork`, and installs the
+    evaluation view (see the module docstring). The step's metrics (``hn_grad_norm``, ``hn_delta_norm``) join the
+    round's metrics through ``ServerContext.logger``.
 
     Args:
         embedding_dim: Client-embedding size; ``None`` means ``int(1 + N/4)`` (pFedHN).
@@ -274,7 +273,6 @@ class HypernetworkStrategy(FedAvg):
         self.hypernetwork: Hypernetwork | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.version = 0
-        self.bound = False
         self.last_metrics: dict[str, float] = {}
         self._stashed: dict[str, Any] | None = None
         self._round: _RoundOutputs | None = None
@@ -311,6 +309,11 @@ class HypernetworkStrategy(FedAvg):
             self.load_state_dict(stashed)
         return self.hypernetwork
 
+    @override
+    def bind(self, loop: Any) -> None:
+        """Builds the hypernetwork for the loop and installs the evaluation view (:func:`bind_hypernetwork`)."""
+        bind_hypernetwork(loop)
+
     def _check_spec(self, shapes: Mapping[str, tuple[int, ...]], num_clients: int, what: str) -> None:
         assert self.hypernetwork is not None
         if self.hypernetwork.num_clients != num_clients or self.hypernetwork.target_shapes != dict(shapes):
@@ -323,9 +326,8 @@ class HypernetworkStrategy(FedAvg):
     def _network(self) -> Hypernetwork:
         if self.hypernetwork is None:
             raise RuntimeError(
-                f"{type(self).__name__}: the hypernetwork is not built. Inside a FederatedLoop add "
-                "lit_fed.methods.BindHypernetwork to the round callbacks (trainer.round_callbacks; the method "
-                "configs do) or call lit_fed.methods.bind_hypernetwork(loop); alone, call strategy.setup(...)"
+                f"{type(self).__name__}: the hypernetwork is not built. A FederatedLoop builds it in setup() "
+                "(Strategy.bind); outside a loop call strategy.setup(target_shapes, num_clients)"
             )
         return self.hypernetwork
 
@@ -379,12 +381,6 @@ class HypernetworkStrategy(FedAvg):
         self, global_state: StateDict, updates: Sequence[ClientUpdate], context: ServerContext
     ) -> StateDict:
         """The hypernetwork step (:meth:`hypernetwork_step`); stamps the new version into the global state."""
-        if context.client_template is not None and not self.bound:
-            raise RuntimeError(
-                f"{type(self).__name__} runs in a FederatedLoop without BindHypernetwork: personalized evaluation "
-                "would not see the generated tensors. Add lit_fed.methods.BindHypernetwork to trainer.round_callbacks "
-                "(the method configs do) or call lit_fed.methods.bind_hypernetwork(loop) before loop.run()"
-            )
         self.last_metrics = self.hypernetwork_step(updates)
         if context.logger is not None:
             context.logger(self.last_metrics)
@@ -645,9 +641,9 @@ class HypernetworkClient(FederatedClient):
         """
         if not self._generated_supplied:
             raise RuntimeError(
-                f"{type(self).__name__}: personalized evaluation without the hypernetwork's generated tensors — the "
-                "loop is not bound to its hypernetwork strategy. Call lit_fed.methods.bind_hypernetwork(loop) after "
-                "loop.setup()/loop.restore(...) (lit-fed validate/test cannot do this yet; see the pfedhn module)"
+                f"{type(self).__name__}: personalized evaluation without the hypernetwork's generated tensors: "
+                "the client-state store is not the strategy's GeneratedStateStore. A FederatedLoop installs it in "
+                "setup() (HypernetworkStrategy.bind); a custom driver calls lit_fed.methods.bind_hypernetwork(loop)"
             )
         return super().predict_logits(x)
 
@@ -760,8 +756,8 @@ class GeneratedStateStore(ClientStateStore):
 def bind_hypernetwork(loop: FederatedLoop) -> None:
     """Builds the loop's hypernetwork strategy for its client and clients, and installs the evaluation view.
 
-    Idempotent. Call after ``loop.setup()`` (the :class:`BindHypernetwork` callback calls it at every round start);
-    to evaluate a saved checkpoint: ``loop.setup(); loop.restore(path); bind_hypernetwork(loop); loop.evaluate()``.
+    Idempotent. :meth:`HypernetworkStrategy.bind` calls it at the end of ``loop.setup()``, so evaluating a saved
+    checkpoint is ``loop.setup(); loop.restore(path); loop.evaluate()`` (what ``lit-fed validate/test`` do).
 
     Raises:
         TypeError: the loop's strategy is not a :class:`HypernetworkStrategy` or its client not a
@@ -780,26 +776,3 @@ def bind_hypernetwork(loop: FederatedLoop) -> None:
         loop.state_store = GeneratedStateStore(
             loop.state_store, strategy, client.generated_keys(), lambda: loop.initial_personal
         )
-    strategy.bound = True
-
-
-class BindHypernetwork(LoopCallback):
-    """Round callback that binds a hypernetwork strategy to the loop (:func:`bind_hypernetwork`).
-
-    At every round start (idempotent): builds the hypernetwork for the loop's client shapes, number of clients and
-    seed — after a resume, the restored hypernetwork and optimizer state are applied then — and wraps the loop's
-    client-state store in a :class:`GeneratedStateStore`, so every client, including one that never trained, is
-    evaluated with ``h(v_c; φ)``. At round end it adds the hypernetwork step's metrics (``hn_grad_norm``,
-    ``hn_delta_norm``, ``hn_version``) to the round's metrics.
-    """
-
-    @override
-    def on_round_start(self, loop: FederatedLoop, round: int) -> None:
-        bind_hypernetwork(loop)
-
-    @override
-    def on_round_end(self, loop: FederatedLoop, round: int, metrics: dict[str, Any]) -> None:
-        strategy = loop.strategy
-        if isinstance(strategy, HypernetworkStrategy):
-            metrics.update(strategy.last_metrics)
-            strategy.last_metrics = {}

@@ -31,7 +31,8 @@ class ServerContext:
         client_template: The client module (for architecture: build a model with the global state).
         datamodule: The federated datamodule (server data, global test set).
         trainer_kwargs: The per-client Trainer settings, for a server-side Lightning fit.
-        logger: Callable ``(metrics: dict) -> None`` that logs scalars for this round.
+        logger: Callable ``(metrics: dict) -> None``: scalars for this round; the loop adds them to the round's
+            metrics (its history, loggers and summary).
     """
 
     round: int
@@ -43,6 +44,18 @@ class ServerContext:
 
 class Strategy(ABC):
     """Base server strategy: configure a round, aggregate its updates, optionally train on the server."""
+
+    def bind(self, loop: Any) -> None:  # noqa: B027
+        """Called at the end of the loop's ``setup()``, before a checkpoint is restored or a round runs.
+
+        A strategy whose server state depends on the run (a hypernetwork sized by the client's generated tensors
+        and the number of clients) builds it here, so that training, resuming and evaluating a saved checkpoint
+        (``lit-fed validate/test --ckpt_path``) all see the same server. Must be idempotent. Default: nothing.
+
+        Args:
+            loop: The :class:`~lit_fed.loop.federated_loop.FederatedLoop` (its ``client``, ``datamodule``,
+                ``num_clients``, ``seed`` and ``state_store`` are set).
+        """
 
     def initialize(self, global_state: StateDict) -> None:  # noqa: B027
         """Called once with the initial global state, before round 0. Default: nothing."""

@@ -8,7 +8,7 @@ from lit_fed import FedAvg, FederatedClient, FederatedLoop
 from lit_fed.cli import build_cli
 from lit_fed.client.payloads import ClientUpdate
 from lit_fed.data import ShakespeareDataModule
-from lit_fed.methods import QKV, BindHypernetwork, FedTP, FedTPClient
+from lit_fed.methods import QKV, FedTP, FedTPClient
 from lit_fed.methods.pfedhn import VERSION_KEY
 from lit_fed.models import CharTransformer, ViT
 
@@ -33,7 +33,6 @@ def fedtp_loop(datamodule, tmp_path, *, rounds=1, fraction=0.5, backbone=None):
         FedTP(hidden_dim=24),
         rounds=rounds,
         client_fraction=fraction,
-        callbacks=[BindHypernetwork()],
         loggers=[],
         progress=False,
         run_dir=tmp_path,

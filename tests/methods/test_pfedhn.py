@@ -9,13 +9,11 @@ from lit_fed import FederatedLoop
 from lit_fed.cli import build_cli
 from lit_fed.client.payloads import ClientUpdate
 from lit_fed.methods import (
-    BindHypernetwork,
     GeneratedStateStore,
     Hypernetwork,
     HypernetworkStrategy,
     PFedHN,
     PFedHNClient,
-    bind_hypernetwork,
     hypernetwork_gradients,
 )
 from lit_fed.methods.pfedhn import VERSION_KEY
@@ -33,7 +31,7 @@ def make_client(private_head: bool = False, seed: int = 0) -> PFedHNClient:
     )
 
 
-def make_loop(datamodule, tmp_path, *, private_head=False, rounds=2, fraction=0.5, callbacks=None, **kwargs):
+def make_loop(datamodule, tmp_path, *, private_head=False, rounds=2, fraction=0.5, **kwargs):
     return FederatedLoop(
         make_client(private_head),
         datamodule,
@@ -41,7 +39,6 @@ def make_loop(datamodule, tmp_path, *, private_head=False, rounds=2, fraction=0.
         rounds=rounds,
         local_steps=3,
         client_fraction=fraction,
-        callbacks=[BindHypernetwork()] if callbacks is None else callbacks,
         loggers=[],
         progress=False,
         run_dir=tmp_path,
@@ -198,29 +195,25 @@ def test_hypernetwork_state_round_trips_through_the_round_checkpoint(datamodule_
         assert full_result.history[1][key] == pytest.approx(resumed_result.history[1][key])
 
 
-def test_evaluating_a_checkpoint_needs_the_binding(datamodule_factory, tmp_path):
+def test_a_restored_checkpoint_evaluates_with_the_hypernetwork(datamodule_factory, tmp_path):
     loop = make_loop(datamodule_factory(num_clients=4), tmp_path, private_head=True, rounds=2)
-    expected = loop.run().history[-1]["personal_acc"]
+    result = loop.run()
+    expected = result.history[-1]["personal_acc"]
+    assert {"hn_grad_norm", "hn_delta_norm"} <= set(result.history[-1])  # the server step's metrics join the round
     fresh = make_loop(datamodule_factory(num_clients=4), tmp_path, private_head=True, rounds=2)
-    fresh.setup()
+    fresh.setup()  # Strategy.bind builds the hypernetwork and installs the generated-state view
     fresh.restore(tmp_path / "checkpoints/last.ckpt")
-    with pytest.raises(RuntimeError, match="bind_hypernetwork"):  # never a silently wrong accuracy
-        fresh.evaluate()
-    bind_hypernetwork(fresh)
     assert fresh.evaluate()["personal_acc"] == pytest.approx(expected)
 
 
-def test_a_loop_without_the_binding_fails_loudly(datamodule_factory, tmp_path):
-    loop = make_loop(datamodule_factory(num_clients=4), tmp_path, rounds=1, callbacks=[])
-    with pytest.raises(RuntimeError, match="BindHypernetwork"):
-        loop.run()
+def test_evaluation_without_the_generated_tensors_fails_loudly(datamodule_factory):
+    client = make_client(private_head=False)
+    client.load_personal_state(client.personal_state())  # a plain store's state: no generated tensors supplied
+    with pytest.raises(RuntimeError, match="bind_hypernetwork"):
+        client.predict_logits(torch.zeros(2, 1, 8, 8))
     strategy = PFedHN()
-    strategy.setup({"w": (2,)}, num_clients=2)
-    strategy.configure_train(0, [0], {})
-    from lit_fed.server.strategy import ServerContext
-
-    with pytest.raises(RuntimeError, match="BindHypernetwork"):
-        strategy.server_train({}, [], ServerContext(round=0, client_template=object()))
+    with pytest.raises(RuntimeError, match="not built"):
+        strategy.generate([0])
 
 
 def test_update_without_trained_tensors_is_rejected():
@@ -269,3 +262,9 @@ def test_config_runs_two_rounds_through_the_cli(method, tmp_path):
     assert len(history) == 2 and history[-1]["hn_version"] == 2.0
     assert isinstance(cli.model, PFedHNClient) and cli.model.private_head == (method == "pfedhn_pc")
     assert 0.0 <= history[-1]["personal_acc"] <= 1.0
+    # lit-fed validate --ckpt_path: a fresh trainer, strategy and client evaluate the saved run the same way
+    evaluator = build_cli(args=args[1:], run=False)
+    (metrics,) = evaluator.trainer.validate(
+        evaluator.model, datamodule=evaluator.datamodule, ckpt_path=str(tmp_path / "checkpoints/last.ckpt")
+    )
+    assert metrics["personal_acc"] == pytest.approx(history[-1]["personal_acc"])
