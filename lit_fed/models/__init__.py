@@ -19,8 +19,16 @@ from lit_fed.models.cnn import MLP, FedAvgCNN, TinyCNN
 from lit_fed.models.contract import check_backbone_contract
 from lit_fed.models.resnet import BasicBlock, CifarResNet, resnet8, resnet18
 from lit_fed.models.timm_backbone import TimmBackbone
+from lit_fed.models.vit import Attention, Block, CharTransformer, TransformerBackbone, ViT, vit_cifar, vit_tiny
 
 __all__ = [
+    "Attention",
+    "Block",
+    "CharTransformer",
+    "TransformerBackbone",
+    "ViT",
+    "vit_cifar",
+    "vit_tiny",
     "MODELS",
     "MLP",
     "BasicBlock",
@@ -43,6 +51,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet8": resnet8,
     "resnet18": resnet18,
     "timm": TimmBackbone,
+    "vit": ViT,
+    "vit_cifar": vit_cifar,
+    "vit_tiny": vit_tiny,
+    "char_transformer": CharTransformer,
 }
 
 
@@ -93,16 +105,3 @@ def create_model(name: str, /, **kwargs: object) -> nn.Module:
     except KeyError:
         raise ValueError(f"unknown model '{name}'; available: {', '.join(sorted(MODELS))}") from None
     return constructor(**kwargs)
-
-
-from lit_fed.models.vit import (  # noqa: E402
-    Attention,
-    Block,
-    CharTransformer,
-    TransformerBackbone,
-    ViT,
-    vit_cifar,
-    vit_tiny,
-)
-
-__all__ += ["Attention", "Block", "CharTransformer", "TransformerBackbone", "ViT", "vit_cifar", "vit_tiny"]

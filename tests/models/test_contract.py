@@ -29,6 +29,29 @@ CASES: dict[str, tuple[str, dict[str, Any], tuple[int, ...]]] = {
         {"name": "test_vit", "num_classes": 5, "model_kwargs": {"img_size": 32}},
         (2, 3, 32, 32),
     ),
+    "vit": (
+        "vit",
+        {
+            "image_size": 8,
+            "patch_size": 4,
+            "in_channels": 3,
+            "num_classes": 5,
+            "dim": 16,
+            "depth": 2,
+            "heads": 2,
+            "dim_head": 8,
+            "mlp_dim": 32,
+        },
+        (2, 3, 8, 8),
+    ),
+    "vit_tiny": ("vit_tiny", {"num_classes": 10, "depth": 1}, (2, 1, 28, 28)),
+    "vit_cifar": ("vit_cifar", {"num_classes": 10, "depth": 1, "dim": 32, "heads": 2, "dim_head": 16}, (2, 3, 32, 32)),
+    # token indices, not images: _build draws integers below the vocabulary size for it
+    "char_transformer": (
+        "char_transformer",
+        {"vocab_size": 11, "seq_len": 6, "dim": 16, "depth": 2, "heads": 2, "dim_head": 8, "mlp_dim": 32},
+        (2, 6),
+    ),
     # A timm model whose pre-logits size (head_hidden_size=1024) differs from timm's num_features (288).
     "timm_mobilenetv3": ("timm", {"name": "mobilenetv3_small_050", "num_classes": 5}, (2, 3, 32, 32)),
 }
@@ -37,7 +60,10 @@ CASES: dict[str, tuple[str, dict[str, Any], tuple[int, ...]]] = {
 def _build(case: str) -> tuple[nn.Module, torch.Tensor]:
     registry_name, kwargs, shape = CASES[case]
     torch.manual_seed(0)
-    return create_model(registry_name, **kwargs), torch.randn(*shape)
+    model = create_model(registry_name, **kwargs)
+    if isinstance(model, models_pkg.CharTransformer):
+        return model, torch.randint(0, model.vocab_size, shape)
+    return model, torch.randn(*shape)
 
 
 def test_every_registered_model_is_covered() -> None:
