@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from rich.console import Console
 
 from lit_fed.loop.async_loop import AsyncFederatedLoop, Asynchronous
+from lit_fed.loop.backend import Backend, BackendName, resolve_backend
 from lit_fed.loop.callbacks import LoopCallback
 from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
 from lit_fed.loop.state_store import ClientStateStore
@@ -55,6 +56,9 @@ class FederatedTrainer(L.Trainer):
             is ``concurrency`` applied updates. ``None`` (default): synchronous rounds.
         shot_thresholds: ``(few_below, many_above)`` per-class training counts defining few/medium/many-shot
             classes; on long-tailed data the evaluation reports accuracy per group.
+        backend: What runs the rounds: ``"sequential"`` (the in-process loop, default), ``"flower-simulation"``
+            (Flower's Ray simulation engine; ``pip install "lit_fed[flower]"``) or a
+            :class:`~lit_fed.loop.backend.Backend` such as ``lit_fed.flower.FlowerSimulation(client_resources=...)``.
         callbacks: Lightning callbacks for every client Trainer (local training).
         **kwargs: Any ``lightning.Trainer`` option. ``logger`` receives the round metrics; everything else
             (``precision``, ``accelerator``, ``devices``, ``strategy``, ``callbacks``, gradient clipping, ...) is
@@ -81,6 +85,7 @@ class FederatedTrainer(L.Trainer):
         progress: bool = True,
         asynchronous: Asynchronous | None = None,
         shot_thresholds: tuple[int, int] = (20, 100),
+        backend: BackendName | Backend = "sequential",
         callbacks: list[Callback] | Callback | None = None,
         **kwargs: Any,
     ) -> None:
@@ -114,6 +119,7 @@ class FederatedTrainer(L.Trainer):
         if callbacks:
             self.client_kwargs["callbacks"] = callbacks if isinstance(callbacks, list) else [callbacks]
         self.asynchronous = asynchronous
+        self.backend = resolve_backend(backend)
         self.federated_result: FederatedResult | None = None
         # The outer Trainer trains nothing: every user setting went to the client Trainers above. ``**kwargs`` is
         # forwarded literally so that jsonargparse/LightningCLI expose all Trainer options on this class.
@@ -160,7 +166,7 @@ class FederatedTrainer(L.Trainer):
         """Runs the federated rounds; ``ckpt_path`` resumes from a round checkpoint (file or run directory)."""
         if datamodule is None:
             raise ValueError("FederatedTrainer.fit needs a federated datamodule (data: in the config)")
-        self.federated_result = self.build_loop(model, datamodule).run(resume_from=ckpt_path)
+        self.federated_result = self.backend.run(self.build_loop(model, datamodule), resume_from=ckpt_path)
 
     def _evaluate_checkpoint(self, model: L.LightningModule, datamodule: Any, ckpt_path: Any) -> list[dict]:
         if datamodule is None or ckpt_path is None:

@@ -437,9 +437,7 @@ class FederatedLoop:
             personal_stats = new_class_stats(num_classes)
             for evaluation in evaluations:
                 personal_stats.merge_state(evaluation.class_stats)
-            self.last_personalized = pool_client_metrics(
-                {e.client_id: e.accuracy for e in evaluations}, num_classes
-            )
+            self.last_personalized = pool_client_metrics({e.client_id: e.accuracy for e in evaluations}, num_classes)
             metrics.update(self.last_personalized.as_metrics())
             if grouped:
                 metrics.update(group_accuracy(personal_stats, self.shot_groups, "personal"))  # type: ignore[arg-type]

@@ -115,13 +115,13 @@ def pool_client_metrics(client_metrics: dict[int, MulticlassAccuracy], num_class
         raise ValueError("no client metrics to pool")
     pooled = new_accuracy(num_classes)
     per_client: dict[int, float] = {}
-    for client_id, metric in client_metrics.items():
-        per_client[client_id] = float(metric.compute())
-        pooled.merge_state(metric)
-    values = np.array(list(per_client.values()), dtype=np.float64)
-    with warnings.catch_warnings():  # merged states are complete although ``update`` was never called on them
+    with warnings.catch_warnings():  # merged (or received) states are complete although ``update`` was never called
         warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+        for client_id, metric in client_metrics.items():
+            per_client[client_id] = float(metric.compute())
+            pooled.merge_state(metric)
         pooled_value = float(pooled.compute())
+    values = np.array(list(per_client.values()), dtype=np.float64)
     return PersonalizedAccuracy(
         pooled=pooled_value,
         mean=float(values.mean()),

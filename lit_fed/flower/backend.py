@@ -1,0 +1,175 @@
+"""The ``flower-simulation`` backend: a configured loop run on Flower's Ray-based simulation engine.
+
+The server side (:func:`~lit_fed.flower.server_app.make_server_app`) runs the loop itself in this process — the
+same strategy, screening, aggregation, server-side training, global evaluation, loggers and round checkpoints as
+the in-process backend. Each client is a Flower SuperNode of the simulation (``partition-id`` = client id), whose
+ClientApp (:func:`~lit_fed.flower.client_app.make_client_app`) runs in a Ray actor: the node's loop (client module,
+datamodule, per-client Trainer settings, callbacks) is put in Ray's object store once and built once per actor.
+How many clients train at once follows from Ray's resources: ``ray_init_args["num_cpus"]`` (all cores by default)
+divided by ``client_resources["num_cpus"]``, likewise for GPUs.
+
+Personal state stays on the nodes, in a client-state directory (``<run_dir>/node_states`` by default) versioned by
+round, so a run resumed from a round checkpoint continues exactly as under the sequential backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from typing_extensions import override
+
+from lit_fed.flower.client_app import make_client_app
+from lit_fed.flower.server_app import make_server_app
+from lit_fed.loop.async_loop import AsyncFederatedLoop
+from lit_fed.loop.backend import Backend
+from lit_fed.loop.callbacks import LoopCallback
+from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
+
+log = logging.getLogger("lit_fed")
+
+
+def node_loop_kwargs(loop: FederatedLoop) -> dict[str, Any]:
+    """What a node needs to rebuild ``loop``'s client side (module, data, local training settings, callbacks)."""
+    return {
+        "client": loop.client,
+        "datamodule": loop.datamodule,
+        "rounds": loop.rounds,
+        "client_fraction": loop.client_fraction,
+        "client_dropout": loop.client_dropout,
+        "local_epochs": loop.local_epochs,
+        "local_steps": loop.local_steps,
+        "eval_every": loop.eval_every,
+        "personalized_eval": loop.personalized_eval,
+        "seed": loop.seed,
+        "trainer_kwargs": loop.trainer_kwargs,
+        "run_dir": loop.run_dir,
+        "callbacks": loop.callbacks,
+        "shot_thresholds": loop.shot_thresholds,
+    }
+
+
+def build_node_loop(kwargs: dict[str, Any]) -> FederatedLoop:
+    """A node's loop from :func:`node_loop_kwargs` (no loggers, progress bar or checkpoints: those are the server's)."""
+    return FederatedLoop(**kwargs, loggers=[], progress=False, checkpoint_every=0)
+
+
+@dataclass
+class _ObjectStoreLoop:
+    """Builds the node loop from its kwargs in Ray's object store (small to pickle with every message)."""
+
+    ref: Any
+
+    def __call__(self, context: Context) -> FederatedLoop:
+        import ray
+
+        return build_node_loop(ray.get(self.ref))
+
+
+def _stateful_client_callbacks(callbacks: list[LoopCallback]) -> list[str]:
+    names = []
+    for callback in callbacks:
+        cls = type(callback)
+        client_side = cls.client_update is not LoopCallback.client_update
+        if client_side and cls.state_dict is not LoopCallback.state_dict:
+            names.append(cls.__name__)
+    return names
+
+
+class FlowerSimulation(Backend):
+    """Runs the loop on Flower's simulation engine (Ray): one SuperNode per client, clients trained in parallel.
+
+    Args:
+        client_resources: Ray resources per ClientApp, e.g. ``{"num_cpus": 1, "num_gpus": 0.25}`` (four clients
+            share a GPU); with ``num_cpus: 1`` on a 2-core machine two clients train at once.
+        ray_init_args: Arguments of ``ray.init`` (``num_cpus``, ``num_gpus``, ``object_store_memory``, ...);
+            ``num_cpus`` defaults to the machine's cores, the dashboard is off and Ray logs only errors.
+        state_dir: The nodes' client-state directory (``<run_dir>/node_states`` by default); ``""``: Flower's
+            context state (lost when the run ends, so a resumed run would restart personal state).
+        timeout: Seconds to wait for a round's replies (``None``: no limit).
+        verbose: Flower's and Ray's debug logs.
+    """
+
+    def __init__(
+        self,
+        client_resources: dict[str, float] | None = None,
+        ray_init_args: dict[str, Any] | None = None,
+        state_dir: str | None = None,
+        timeout: float | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.client_resources = dict(client_resources) if client_resources else {"num_cpus": 1, "num_gpus": 0.0}
+        for key, value in self.client_resources.items():
+            if not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"FlowerSimulation: client_resources['{key}'] must be a number >= 0, got {value!r}")
+        self.ray_init_args = dict(ray_init_args or {})
+        self.state_dir = state_dir
+        self.timeout = timeout
+        self.verbose = verbose
+
+    def _init_ray(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        args = {"include_dashboard": False, "num_cpus": os.cpu_count() or 1, **self.ray_init_args}
+        if not self.verbose:
+            args.setdefault("logging_level", logging.ERROR)
+            args.setdefault("log_to_driver", False)
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+        pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
+
+    @override
+    def run(self, loop: FederatedLoop, resume_from: str | Path | None = None) -> FederatedResult:
+        import ray
+        from flwr.simulation import run_simulation
+
+        if isinstance(loop, AsyncFederatedLoop):
+            raise ValueError("backend flower-simulation runs synchronous rounds; asynchronous mode is sequential-only")
+        stateful = _stateful_client_callbacks(loop.callbacks)
+        if stateful:
+            log.warning(
+                "flower-simulation: loop callbacks %s keep client-side state in the process that runs them; on Flower "
+                "nodes that state is neither shared between Ray actors nor checkpointed",
+                stateful,
+            )
+        num_clients = int(loop.datamodule.num_clients)
+        state_dir = loop.run_dir / "node_states" if self.state_dir is None else (self.state_dir or None)
+        results: list[FederatedResult] = []
+        flwr_logger = logging.getLogger("flwr")
+        flwr_level = flwr_logger.level
+        if not self.verbose:
+            flwr_logger.setLevel(logging.ERROR)  # Flower's per-round INFO lines and the run_simulation deprecation note
+        self._init_ray()
+        try:
+            client_app = make_client_app(_ObjectStoreLoop(ray.put(node_loop_kwargs(loop))), state_dir=state_dir)
+            server_app = make_server_app(
+                lambda context: loop, resume_from=resume_from, timeout=self.timeout, on_result=results.append
+            )
+            backend_config = {
+                "client_resources": self.client_resources,
+                "init_args": {k: v for k, v in self.ray_init_args.items() if k != "runtime_env"},
+            }
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*run_simulation.*deprecated.*")
+                run_simulation(
+                    server_app=server_app,
+                    client_app=client_app,
+                    num_supernodes=num_clients,
+                    backend_config=backend_config,  # type: ignore[arg-type]
+                    verbose_logging=self.verbose,
+                )
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+            flwr_logger.setLevel(flwr_level)
+        if not results:
+            raise RuntimeError("the Flower simulation ended without a result; see the errors logged above")
+        return results[0]

@@ -1,0 +1,42 @@
+import pytest
+
+pytest.importorskip("flwr")
+
+import torch  # noqa: E402
+from flwr.app import Context, RecordDict  # noqa: E402
+
+from lit_fed.flower.client_app import hosted_client, node_state  # noqa: E402
+from lit_fed.flower.node_state import ContextState, DirectoryState  # noqa: E402
+
+
+def context(**node_config):
+    return Context(run_id=1, node_id=2, node_config=node_config, state=RecordDict(), run_config={})
+
+
+@pytest.mark.parametrize("kind", ["context", "directory"])
+def test_node_state_returns_the_newest_version_before_a_round(kind, tmp_path):
+    store = ContextState(context()) if kind == "context" else DirectoryState(tmp_path)
+    assert store.load(0, before_round=5) is None
+    store.save(0, 1, {"w": torch.ones(2)})
+    store.save(0, 3, {"w": torch.full((2,), 3.0)})
+    assert torch.equal(store.load(0, before_round=4)["w"], torch.full((2,), 3.0))
+    assert store.load(1, before_round=4) is None  # another client
+    if kind == "directory":  # older versions are what a resumed run needs
+        assert torch.equal(store.load(0, before_round=3)["w"], torch.ones(2))
+        assert store.load(0, before_round=1) is None
+
+
+def test_directory_state_keeps_the_newest_versions(tmp_path):
+    store = DirectoryState(tmp_path, keep=2)
+    for rnd in range(5):
+        store.save(7, rnd, {"w": torch.tensor(float(rnd))})
+    assert sorted(p.name for p in (tmp_path / "client_7").iterdir()) == ["r3.pt", "r4.pt"]
+
+
+def test_node_config_selects_the_client_and_the_state_directory(tmp_path):
+    ctx = context(**{"partition-id": 3, "state-dir": str(tmp_path)})
+    assert hosted_client(ctx) == 3
+    assert isinstance(node_state(ctx, None), DirectoryState)
+    assert isinstance(node_state(context(**{"partition-id": 0}), None), ContextState)
+    with pytest.raises(KeyError, match="partition-id"):
+        hosted_client(context())
