@@ -208,18 +208,24 @@ class CenteredClipping(Aggregator):
     from the previous aggregate momentum; without server momentum that is the reference here [design].
     Unweighted.
 
+    The paper's τ is a fixed constant, but a model delta's norm depends on the model, the data, the learning rate
+    and the round, so no single τ fits every setting (on Fashion-MNIST Dir(0.1) with ``FedAvgCNN``, one local epoch at
+    lr 0.005 from the initial model gives honest delta norms between 0.56 and 1.11). ``radius=None`` (the default) sets ``τ`` at each iteration
+    to the median of the distances ``‖Δ_i − v‖`` [design]: with fewer than half of the clients Byzantine, at least
+    half of the honest updates pass unclipped and an attacker's contribution is bounded by an honest distance.
+
     Args:
-        radius: τ > 0, the clipping radius (in the units of a model delta: with local SGD at rate η a radius τ
-            clips gradients at τ/η).
+        radius: τ > 0, a fixed clipping radius (in the units of a model delta: with local SGD at rate η a radius τ
+            clips gradients at τ/η); ``None``: the median distance to ``v`` at each iteration.
         iterations: L ≥ 1 (the paper finds L = 1 enough).
 
     Raises:
         ValueError: ``radius ≤ 0`` or ``iterations < 1``; (when called) no ``reference`` was given.
     """
 
-    def __init__(self, radius: float = 1.0, iterations: int = 1) -> None:
-        if not radius > 0:
-            raise ValueError(f"CenteredClipping: radius (tau) must be > 0, got {radius}")
+    def __init__(self, radius: float | None = None, iterations: int = 1) -> None:
+        if radius is not None and not radius > 0:
+            raise ValueError(f"CenteredClipping: radius (tau) must be > 0 or None (adaptive), got {radius}")
         if iterations < 1:
             raise ValueError(f"CenteredClipping: iterations (L) must be >= 1, got {iterations}")
         self.radius = radius
@@ -231,7 +237,8 @@ class CenteredClipping(Aggregator):
         for _ in range(self.iterations):
             diff = deltas - v
             norms = diff.norm(dim=1, keepdim=True)
-            scale = torch.clamp(self.radius / norms.clamp_min(torch.finfo(diff.dtype).tiny), max=1.0)
+            radius = norms.median() if self.radius is None else self.radius
+            scale = torch.clamp(radius / norms.clamp_min(torch.finfo(diff.dtype).tiny), max=1.0)
             v = v + (diff * scale).mean(dim=0)
         return v
 

@@ -86,6 +86,19 @@ def test_centered_clipping_moves_at_most_tau_per_iteration_from_the_reference():
     assert float((one["w"] - reference["w"]).norm()) < 0.4  # the mean would have moved by 25
 
 
+def test_centered_clipping_adaptive_radius_is_the_median_distance():
+    reference = {"w": torch.zeros(2), "n": torch.tensor(0)}
+    deltas = [[3.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, -200.0], [0.5, 0.0]]  # norms 3, 1, 2, 200, 0.5: median 2
+    out = CenteredClipping(radius=None, iterations=1)(states_of(deltas), torch.full((5,), 0.2), reference=reference)
+    clipped = [[2.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, -2.0], [0.5, 0.0]]  # each clipped to norm <= 2
+    torch.testing.assert_close(out["w"], torch.tensor(clipped).mean(0))
+    fixed = CenteredClipping(radius=2.0, iterations=1)(states_of(deltas), torch.full((5,), 0.2), reference=reference)
+    torch.testing.assert_close(out["w"], fixed["w"])  # here the same as the fixed radius 2
+    # scale-free: multiplying every delta by 1000 multiplies the aggregate by 1000 (a fixed radius would not)
+    big = CenteredClipping()(states_of([[1000 * x for x in d] for d in deltas]), torch.full((5,), 0.2), reference)
+    torch.testing.assert_close(big["w"], 1000 * out["w"])
+
+
 def test_centered_clipping_equals_the_mean_when_all_deltas_are_within_tau():
     reference = {"w": torch.tensor([0.5, 0.5, 0.5]), "n": torch.tensor(0)}
     rows = [[0.6, 0.5, 0.4], [0.5, 0.7, 0.5], [0.4, 0.5, 0.6]]
