@@ -209,10 +209,11 @@ class CenteredClipping(Aggregator):
     Unweighted.
 
     The paper's τ is a fixed constant, but a model delta's norm depends on the model, the data, the learning rate
-    and the round, so no single τ fits every setting (on Fashion-MNIST Dir(0.1) with ``FedAvgCNN``, one local epoch at
-    lr 0.005 from the initial model gives honest delta norms between 0.56 and 1.11). ``radius=None`` (the default) sets ``τ`` at each iteration
-    to the median of the distances ``‖Δ_i − v‖`` [design]: with fewer than half of the clients Byzantine, at least
-    half of the honest updates pass unclipped and an attacker's contribution is bounded by an honest distance.
+    and the round, so no single τ fits every setting (on Fashion-MNIST Dir(0.1) with ``FedAvgCNN``, one local
+    epoch at lr 0.005 from the initial model gives honest delta norms between 0.56 and 1.11). ``radius=None`` (the
+    default) sets ``τ`` at each iteration to the median of the distances ``‖Δ_i − v‖`` [design]: with fewer than
+    half of the clients Byzantine, at least half of the honest updates pass unclipped and an attacker's
+    contribution is bounded by an honest distance.
 
     Args:
         radius: τ > 0, a fixed clipping radius (in the units of a model delta: with local SGD at rate η a radius τ
