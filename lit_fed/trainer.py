@@ -173,7 +173,7 @@ class FederatedTrainer(L.Trainer):
             raise ValueError("validate/test of a federated run needs data: and --ckpt_path (a round checkpoint)")
         loop = self.build_loop(model, datamodule)
         loop.setup()
-        loop.restore(ckpt_path)
+        self.backend.load_client_states(loop, loop.restore(ckpt_path))
         metrics = loop.evaluate()
         Console().print({k: round(100 * v, 2) for k, v in metrics.items()})
         return [metrics]

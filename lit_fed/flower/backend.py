@@ -26,6 +26,7 @@ from flwr.app import Context
 from typing_extensions import override
 
 from lit_fed.flower.client_app import make_client_app
+from lit_fed.flower.node_state import DirectoryState
 from lit_fed.flower.server_app import make_server_app
 from lit_fed.loop.async_loop import AsyncFederatedLoop
 from lit_fed.loop.backend import Backend
@@ -126,6 +127,26 @@ class FlowerSimulation(Backend):
         pythonpath = os.pathsep.join([*sys.path, *filter(None, [os.environ.get("PYTHONPATH")])])
         ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
 
+    def state_dir_of(self, loop: FederatedLoop) -> Path | None:
+        """The nodes' client-state directory for ``loop`` (``None``: Flower's context state)."""
+        if self.state_dir is None:
+            return loop.run_dir / "node_states"
+        return Path(self.state_dir) if self.state_dir else None
+
+    @override
+    def load_client_states(self, loop: FederatedLoop, before_round: int) -> None:
+        directory = self.state_dir_of(loop)
+        if directory is None:
+            raise ValueError(
+                "FlowerSimulation(state_dir='') kept personal state in Flower's context state, which ends with the "
+                "run; evaluating a checkpoint needs the client-state directory"
+            )
+        store = DirectoryState(directory)
+        for client_id in range(loop.num_clients):
+            state = store.load(client_id, before_round)
+            if state is not None:
+                loop.state_store.put(client_id, state, before_round - 1)
+
     @override
     def run(self, loop: FederatedLoop, resume_from: str | Path | None = None) -> FederatedResult:
         import ray
@@ -141,7 +162,7 @@ class FlowerSimulation(Backend):
                 stateful,
             )
         num_clients = int(loop.datamodule.num_clients)
-        state_dir = loop.run_dir / "node_states" if self.state_dir is None else (self.state_dir or None)
+        state_dir = self.state_dir_of(loop)
         results: list[FederatedResult] = []
         flwr_logger = logging.getLogger("flwr")
         flwr_level = flwr_logger.level

@@ -37,6 +37,13 @@ class Backend(ABC):
     def run(self, loop: FederatedLoop, resume_from: str | Path | None = None) -> FederatedResult:
         """Runs all of ``loop``'s rounds (from a round checkpoint if ``resume_from`` is given)."""
 
+    def load_client_states(self, loop: FederatedLoop, before_round: int) -> None:  # noqa: B027
+        """Puts the clients' personal states as of ``before_round`` into ``loop.state_store``.
+
+        Called after a round checkpoint is restored for an in-process evaluation (``lit-fed validate/test``).
+        Default: nothing — the loop's own store, restored from the checkpoint, already holds them.
+        """
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"

@@ -85,3 +85,13 @@ def test_personalized_method_matches_and_resumes_like_the_sequential_loop(datamo
     )
     assert_same_run(resumed.global_state, sequential.global_state, resumed.history, sequential.history)
     assert (tmp_path / "flower/logs/resumed_at_round_2/metrics.csv").exists()
+
+    # `lit-fed validate` of the checkpoint evaluates in-process with the heads the nodes kept
+    trainer = FederatedTrainer(rounds=3, backend=flower(), run_dir=str(tmp_path / "flower"), progress=False)
+    (metrics,) = trainer.validate(
+        make_client([Head()]),
+        datamodule=datamodule_factory(num_clients=2),
+        ckpt_path=tmp_path / "flower/checkpoints/last.ckpt",
+    )
+    assert metrics["personal_acc"] == pytest.approx(resumed.history[-1]["personal_acc"], abs=1e-6)
+    assert metrics["global_acc"] == pytest.approx(resumed.history[-1]["global_acc"], abs=1e-6)
