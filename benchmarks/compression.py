@@ -74,7 +74,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--schemes", nargs="*", default=list(SCHEMES), help=f"subset of {list(SCHEMES)}")
+    parser.add_argument(
+        "--schemes", nargs="*", default=list(SCHEMES), help=f"subset of {list(SCHEMES)}".replace("%", "%%")
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--check-bytes", action="store_true", help="also serialize each payload and check its size")
     args = parser.parse_args()

@@ -30,7 +30,7 @@ import torch
 from lit_fed import FederatedLoop
 from lit_fed.client.payloads import ClientUpdate
 from lit_fed.data import Dirichlet, FederatedDataModule, Synthetic
-from lit_fed.methods import BindHypernetwork, FedTP, FedTPClient, HypernetworkStrategy, PFedHN, PFedHNClient
+from lit_fed.methods import FedTP, FedTPClient, HypernetworkStrategy, PFedHN, PFedHNClient
 from lit_fed.models import MLP, FedAvgCNN, ViT, vit_cifar, vit_tiny
 from lit_fed.server.strategy import ServerContext
 
@@ -102,7 +102,6 @@ def loop_round_seconds(method: str, num_clients: int, sampled: int, rounds: int)
         client_fraction=sampled / num_clients,
         eval_every=0,
         checkpoint_every=0,
-        callbacks=[BindHypernetwork()],
         loggers=[],
         progress=False,
         run_dir=f"/tmp/lit_fed_hypernetwork_bench/{method}_{num_clients}",
