@@ -7,6 +7,11 @@ evaluation): the first round (under Flower it also builds each Ray actor's clien
 mean of the later rounds (steady state); then the whole run's wall time and the start-up/tear-down outside the
 rounds (Ray and its actors; paid once per run). Ratios are sequential / backend (> 1: faster).
 
+Every process trains with ``--threads`` torch threads (default 1: the sequential loop uses one core, each Ray actor
+one core), so "1 parallel client" measures the engine's overhead on the same compute and "2 parallel clients" the
+parallel speed-up; on a machine shared with other jobs, more threads than free cores make OpenMP spin and slow
+everything down.
+
     python benchmarks/parallel.py                     # 20 clients, 3 rounds, Fashion-MNIST
     python benchmarks/parallel.py --data synthetic    # no dataset needed (tiny model: start-up dominates)
 """
@@ -27,10 +32,13 @@ BACKENDS = {
 }
 
 
-def child(backend: str, clients: int, rounds: int, data: str) -> dict:
+def child(backend: str, clients: int, rounds: int, data: str, threads: int) -> dict:
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by Ray's workers
     import functools
 
     import torch
+
+    torch.set_num_threads(threads)
 
     from lit_fed import FedAvg, FederatedClient, FederatedLoop
     from lit_fed.data import Dirichlet, FashionMNIST, FederatedDataModule, Synthetic
@@ -86,17 +94,22 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--data", choices=["fmnist", "synthetic"], default="fmnist")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (sequential, each actor)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print("RESULT " + json.dumps(child(args.child, args.clients, args.rounds, args.data)), flush=True)
+        print("RESULT " + json.dumps(child(args.child, args.clients, args.rounds, args.data, args.threads)), flush=True)
         return
 
-    print(f"{args.clients} clients, {args.rounds} rounds, {args.data}, {os.cpu_count()} CPU cores", flush=True)
+    print(
+        f"{args.clients} clients, {args.rounds} rounds, {args.data}, {os.cpu_count()} CPU cores, "
+        f"{args.threads} torch thread(s) per process, load average before: {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     rows = []
     for backend in BACKENDS:
         command = [sys.executable, __file__, "--child", backend, "--clients", str(args.clients)]
-        command += ["--rounds", str(args.rounds), "--data", args.data]
+        command += ["--rounds", str(args.rounds), "--data", args.data, "--threads", str(args.threads)]
         out = subprocess.run(command, capture_output=True, text=True, check=False)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if out.returncode != 0 or not lines:
