@@ -95,3 +95,12 @@ def test_personalized_method_matches_and_resumes_like_the_sequential_loop(datamo
     )
     assert metrics["personal_acc"] == pytest.approx(resumed.history[-1]["personal_acc"], abs=1e-6)
     assert metrics["global_acc"] == pytest.approx(resumed.history[-1]["global_acc"], abs=1e-6)
+
+
+def test_a_failing_client_fails_the_run_loudly_naming_it(datamodule_factory, tmp_path):
+    """An exception in a node's ClientApp comes back as a Flower error reply and stops the run with its reason."""
+    trainer = FederatedTrainer(
+        rounds=1, backend=flower(), run_dir=str(tmp_path), progress=False, accelerator="cpu", precision="bogus"
+    )
+    with pytest.raises(RuntimeError, match=r"(?s)Flower train on client \d failed: .*Precision 'bogus' is invalid"):
+        trainer.fit(make_client(), datamodule=datamodule_factory(num_clients=2))
