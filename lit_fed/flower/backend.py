@@ -9,7 +9,8 @@ How many clients train at once follows from Ray's resources: ``ray_init_args["nu
 divided by ``client_resources["num_cpus"]``, likewise for GPUs.
 
 Personal state stays on the nodes, in a client-state directory (``<run_dir>/node_states`` by default) versioned by
-round, so a run resumed from a round checkpoint continues exactly as under the sequential backend.
+round, so a run resumed from a round checkpoint continues exactly as under the sequential backend (a fresh run
+empties the directory; a resumed one deletes the versions written after its checkpoint).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from lit_fed.flower.server_app import make_server_app
 from lit_fed.loop.async_loop import AsyncFederatedLoop
 from lit_fed.loop.backend import Backend
 from lit_fed.loop.callbacks import LoopCallback
+from lit_fed.loop.checkpoint import load_checkpoint
 from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
 
 log = logging.getLogger("lit_fed")
@@ -163,6 +165,9 @@ class FlowerSimulation(Backend):
             )
         num_clients = int(loop.datamodule.num_clients)
         state_dir = self.state_dir_of(loop)
+        if state_dir is not None:  # a fresh run starts without personal state; a resumed one forgets later rounds
+            start = 0 if resume_from is None else int(load_checkpoint(resume_from)["round"]) + 1
+            DirectoryState(state_dir).discard_from(start)
         results: list[FederatedResult] = []
         flwr_logger = logging.getLogger("flwr")
         flwr_level = flwr_logger.level

@@ -83,6 +83,13 @@ class DirectoryState(NodeState):
             return None
         return torch.load(versions[-1], map_location="cpu", weights_only=True)
 
+    def discard_from(self, round: int) -> None:
+        """Deletes every client's versions of rounds ``>= round`` (0: everything), as a resume or a fresh run needs."""
+        for folder in self.directory.glob("client_*"):
+            for path in folder.glob("r*.pt"):
+                if int(path.stem[1:]) >= round:
+                    path.unlink()
+
     @override
     def save(self, client_id: int, round: int, state: StateDict) -> None:
         path = self.directory / f"client_{client_id}" / f"r{round}.pt"

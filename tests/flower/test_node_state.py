@@ -40,3 +40,14 @@ def test_node_config_selects_the_client_and_the_state_directory(tmp_path):
     assert isinstance(node_state(context(**{"partition-id": 0}), None), ContextState)
     with pytest.raises(KeyError, match="partition-id"):
         hosted_client(context())
+
+
+def test_directory_state_discards_versions_from_a_round(tmp_path):
+    store = DirectoryState(tmp_path, keep=5)
+    for client in (0, 1):
+        for rnd in range(4):
+            store.save(client, rnd, {"w": torch.tensor(float(rnd))})
+    store.discard_from(2)
+    assert sorted(p.name for p in (tmp_path / "client_1").iterdir()) == ["r0.pt", "r1.pt"]
+    store.discard_from(0)
+    assert store.load(0, before_round=10) is None and store.load(1, before_round=10) is None
