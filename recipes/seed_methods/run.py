@@ -177,6 +177,7 @@ def plot(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     experiments = list(results) or list(EXPERIMENTS)
     fig, axes = plt.subplots(1, len(experiments), figsize=(6 * len(experiments), 4.2), squeeze=False)
@@ -190,6 +191,7 @@ def plot(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> Path:
             ax.plot(rounds, [100 * r["global_acc"] for r in rows], "--", color=color, alpha=0.6)
         ax.set_title(f"{experiment}: solid personalized, dashed global", fontsize=9)
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
