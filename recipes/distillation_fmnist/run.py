@@ -56,6 +56,7 @@ def _load(name: str, path: Path) -> ModuleType:
 
 
 runner = _load("pfllib_fmnist_run", ROOT / "recipes" / "pfllib_fmnist" / "run.py")
+plots = _load("recipes_accuracy_plot", ROOT / "recipes" / "accuracy_plot.py")
 
 METHODS = ("fedavg", "fedntd", "fedlsd", "moon", "feddf", "fedgen", "fedalign")
 CCVR_RUN = "fedavg_ccvr"
@@ -276,10 +277,19 @@ def render_markdown(results: dict[str, dict[str, dict[str, Any]]], command: str 
 
 
 def write_report(out: Path, command: str | None = None) -> Path:
-    """Rebuilds ``<out>/results.md`` from the saved JSONs."""
+    """Rebuilds ``<out>/results.md`` and ``<out>/accuracy.png`` (accuracy per round; CCVR, a post-hoc step after
+    the last round, is in the table only) from the saved JSONs."""
     out.mkdir(parents=True, exist_ok=True)
+    results = load_results(out)
     path = out / "results.md"
-    path.write_text(render_markdown(load_results(out), command))
+    path.write_text(render_markdown(results, command))
+    panels = {
+        PARTITION_LABELS.get(partition, partition): {
+            LABELS.get(m, m): runs[m]["history"] for m in [*METHODS, *sorted(runs)] if m in runs and m != CCVR_RUN
+        }
+        for partition, runs in results.items()
+    }
+    plots.plot_accuracy(panels, out / "accuracy.png")
     return path
 
 

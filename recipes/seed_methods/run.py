@@ -56,6 +56,7 @@ def _load(name: str, path: Path) -> ModuleType:
 
 
 runner = _load("pfllib_fmnist_run", ROOT / "recipes" / "pfllib_fmnist" / "run.py")  # shared run bookkeeping
+plots = _load("recipes_accuracy_plot", ROOT / "recipes" / "accuracy_plot.py")
 pct = runner.report.pct
 
 EXPERIMENTS: dict[str, dict[str, Any]] = {
@@ -173,33 +174,11 @@ def render(results: dict[str, dict[str, dict[str, Any]]]) -> str:
 
 def plot(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> Path:
     """Personalized (solid) and global (dashed) accuracy per round, one panel per experiment."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    experiments = list(results) or list(EXPERIMENTS)
-    fig, axes = plt.subplots(1, len(experiments), figsize=(6 * len(experiments), 4.2), squeeze=False)
-    for ax, experiment in zip(axes[0], experiments, strict=True):
-        for i, (method, result) in enumerate(results.get(experiment, {}).items()):
-            color = f"C{i}"
-            rows = [r for r in result["history"] if "personal_acc" in r]
-            rounds = [r["round"] + 1 for r in rows]
-            label = EXPERIMENTS[experiment]["methods"][method]
-            ax.plot(rounds, [100 * r["personal_acc"] for r in rows], "-o", color=color, ms=3, label=label)
-            ax.plot(rounds, [100 * r["global_acc"] for r in rows], "--", color=color, alpha=0.6)
-        ax.set_title(f"{experiment}: solid personalized, dashed global", fontsize=9)
-        ax.set_xlabel("round")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    panels = {
+        experiment: {EXPERIMENTS[experiment]["methods"][m]: r["history"] for m, r in runs.items()}
+        for experiment, runs in results.items()
+    }
+    return plots.plot_accuracy(panels, path)
 
 
 def write_report(out: Path) -> tuple[Path, Path]:

@@ -50,6 +50,21 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RESULT_NAME = "result.json"
+
+
+def _load_plots() -> Any:
+    """The recipes' shared accuracy figure (``recipes/accuracy_plot.py``; the recipes are not a package)."""
+    import importlib.util
+
+    name = "recipes_accuracy_plot"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / "accuracy_plot.py")
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        sys.modules[name] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return sys.modules[name]
+
+
 DEFAULT_OUT = "runs/transformer_personalization"
 
 METHOD_LABELS = {
@@ -210,8 +225,23 @@ def pct(value: float | None) -> str:
     return f"{100 * value:.2f}"
 
 
+def write_plot(out: Path) -> Path:
+    """``<out>/accuracy.png``: personalized accuracy per round, one panel per task (global accuracy is not
+    meaningful for the hypernetwork methods, so it is not drawn)."""
+    panels: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for task, spec in TASKS.items():
+        for method in spec["models"]:
+            path = out / task / method / RESULT_NAME
+            if path.exists():
+                history = json.loads(path.read_text())["history"]
+                panels.setdefault(task, {})[METHOD_LABELS[method]] = history
+    metrics = (("personal_acc", "-o", "personalized"),)
+    return _load_plots().plot_accuracy(panels, out / "accuracy.png", metrics=metrics)
+
+
 def write_report(out: Path) -> Path:
-    """``<out>/results.md`` from every ``<out>/<task>/<method>/result.json`` (measured numbers only)."""
+    """``<out>/results.md`` (measured numbers only) and ``<out>/accuracy.png`` from every
+    ``<out>/<task>/<method>/result.json``."""
     lines = ["# Transformer personalization — measured results", ""]
     lines.append("Personalized accuracy: each client's own model on its own test split, pooled over clients (%).")
     lines.append("")
@@ -235,6 +265,7 @@ def write_report(out: Path) -> Path:
     path = out / "results.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
+    write_plot(out)
     return path
 
 
