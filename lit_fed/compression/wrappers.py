@@ -371,13 +371,14 @@ class CompressUpload(_CompressionCallback):
     def client_update(self, loop: FederatedLoop, update: ClientUpdate, message: ServerMessage) -> ClientUpdate:
         """Compresses the update against ``message.state``; returns the decompressed update with ``wire_nbytes``."""
         side = self._side_tensors(loop, update)
-        deltas, dense = _split_state(update.state, message.state, self._round_compressor)
+        compressor = self.compressor.at_round(loop.round, loop.rounds)  # where the client trains (a node, too)
+        deltas, dense = _split_state(update.state, message.state, compressor)
         previous = self.store.get(update.client_id)
         step = self.feedback.step(
             deltas,
             previous,
             generator=self._generator(loop, update.round, update.client_id),
-            compressor=self._round_compressor,
+            compressor=compressor,
             wire_dtypes={key: update.state[key].dtype for key in deltas},
         )
         if step.state:
@@ -386,10 +387,23 @@ class CompressUpload(_CompressionCallback):
         wire.update({f"state/{k}": v for k, v in dense.items()})
         wire.update(side)
         self.last_wire = wire
-        nbytes = encoded_size(wire)
-        self.meter.add(update_nbytes(update), nbytes)
         state = _rebuild(message.state, step.sent, dense, list(update.state))
-        return dataclasses.replace(update, state=state, wire_nbytes=nbytes)
+        return dataclasses.replace(update, state=state, wire_nbytes=encoded_size(wire))
+
+    @override
+    def update_received(self, loop: FederatedLoop, update: ClientUpdate) -> None:
+        """Counts the update's dense-equivalent and sent bytes on the server (where the client compressed it)."""
+        if update.wire_nbytes is not None:
+            self.meter.add(update_nbytes(dataclasses.replace(update, wire_nbytes=None)), update.wire_nbytes)
+
+    @override
+    def client_state(self, client_id: int) -> StateDict:
+        """The client's residual (and DGC velocity), kept with its personal state on a Flower node."""
+        return dict(self.store.get(client_id) or {})
+
+    @override
+    def load_client_state(self, client_id: int, state: StateDict, round: int) -> None:
+        self.store.put(client_id, state, round - 1)
 
     def __repr__(self) -> str:
         return (

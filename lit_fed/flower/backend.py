@@ -8,9 +8,10 @@ datamodule, per-client Trainer settings, callbacks) is put in Ray's object store
 How many clients train at once follows from Ray's resources: ``ray_init_args["num_cpus"]`` (all cores by default)
 divided by ``client_resources["num_cpus"]``, likewise for GPUs.
 
-Personal state stays on the nodes, in a client-state directory (``<run_dir>/node_states`` by default) versioned by
-round, so a run resumed from a round checkpoint continues exactly as under the sequential backend (a fresh run
-empties the directory; a resumed one deletes the versions written after its checkpoint).
+Personal state (and the loop callbacks' client-side state, such as error-feedback residuals) stays on the nodes, in
+a client-state directory (``<run_dir>/node_states`` by default) versioned by round, so a run resumed from a round
+checkpoint continues exactly as under the sequential backend (each node forgets, when the run begins, the versions
+of its client written at or after the run's first round: all of them for a fresh run).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from lit_fed.flower.server_app import make_server_app
 from lit_fed.loop.async_loop import AsyncFederatedLoop
 from lit_fed.loop.backend import Backend
 from lit_fed.loop.callbacks import LoopCallback
-from lit_fed.loop.checkpoint import load_checkpoint
 from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
 
 log = logging.getLogger("lit_fed")
@@ -76,11 +76,16 @@ class _ObjectStoreLoop:
 
 
 def _stateful_client_callbacks(callbacks: list[LoopCallback]) -> list[str]:
+    """Callbacks with client-side hooks and checkpointed state that do not expose it per client (``client_state``)."""
     names = []
     for callback in callbacks:
         cls = type(callback)
-        client_side = cls.client_update is not LoopCallback.client_update
-        if client_side and cls.state_dict is not LoopCallback.state_dict:
+        client_side = (
+            cls.client_update is not LoopCallback.client_update
+            or cls.client_dataloader is not LoopCallback.client_dataloader
+        )
+        per_client = cls.client_state is not LoopCallback.client_state
+        if client_side and cls.state_dict is not LoopCallback.state_dict and not per_client:
             names.append(cls.__name__)
     return names
 
@@ -159,15 +164,13 @@ class FlowerSimulation(Backend):
         stateful = _stateful_client_callbacks(loop.callbacks)
         if stateful:
             log.warning(
-                "flower-simulation: loop callbacks %s keep client-side state in the process that runs them; on Flower "
-                "nodes that state is neither shared between Ray actors nor checkpointed",
+                "flower-simulation: loop callbacks %s keep client-side state without exposing it per client "
+                "(LoopCallback.client_state); on Flower nodes that state is neither shared between Ray actors nor "
+                "checkpointed",
                 stateful,
             )
         num_clients = int(loop.datamodule.num_clients)
         state_dir = self.state_dir_of(loop)
-        if state_dir is not None:  # a fresh run starts without personal state; a resumed one forgets later rounds
-            start = 0 if resume_from is None else int(load_checkpoint(resume_from)["round"]) + 1
-            DirectoryState(state_dir).discard_from(start)
         results: list[FederatedResult] = []
         flwr_logger = logging.getLogger("flwr")
         flwr_level = flwr_logger.level

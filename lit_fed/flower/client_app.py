@@ -2,15 +2,22 @@
 
 Each Flower node hosts one lit_fed client (its ``partition-id`` node-config value is the client id). The node
 builds its :class:`~lit_fed.loop.federated_loop.FederatedLoop` once per process (client module, datamodule,
-per-client Trainer settings, loop callbacks — the same objects the in-process loop uses) and answers:
+per-client Trainer settings, loop callbacks — the same objects the in-process loop uses) and answers
+(:data:`NODE_ANSWERS`, one plain function per Flower message type, usable without Flower's transport):
 
-* ``train``: restore the client's personal state (see :mod:`lit_fed.flower.node_state`), then the loop's own
+* ``train``: restore the client's personal state and its callbacks' client-side state (see
+  :mod:`lit_fed.flower.node_state`), then the loop's own
   :meth:`~lit_fed.loop.federated_loop.FederatedLoop.train_client` — ``receive_global``, one Lightning
-  ``Trainer.fit`` on the client's data, ``build_update`` — save the new personal state, reply with the
-  :class:`~lit_fed.client.payloads.ClientUpdate`;
+  ``Trainer.fit`` on the client's data, ``build_update``, the callbacks' ``client_update`` — save both states,
+  reply with the :class:`~lit_fed.client.payloads.ClientUpdate`;
 * ``evaluate``: the loop's :meth:`~lit_fed.loop.federated_loop.FederatedLoop.evaluate_clients` on the client's
-  test split with its personal state, replying with mergeable metric states;
-* ``query``: which client this node hosts.
+  test split with its personal state and the personal overlay the server sent (hypernetwork-generated tensors),
+  replying with mergeable metric states;
+* ``query.feature_statistics``: the loop's
+  :meth:`~lit_fed.loop.federated_loop.FederatedLoop.client_feature_statistics` (CCVR's client step);
+* ``query.begin``: a run starts at round ``r``: forget the personal-state versions of rounds ``>= r`` (all of them
+  for a fresh run; those after the checkpoint for a resumed one);
+* ``query``: which client this node hosts (without building the loop).
 """
 
 from __future__ import annotations
@@ -18,16 +25,18 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 
+from lit_fed.client.payloads import ClientUpdate, StateDict
 from lit_fed.flower.node_state import ContextState, DirectoryState, NodeState
 from lit_fed.flower.records import (
     evaluation_to_recorddict,
-    read_evaluate_instruction,
     recorddict_to_message,
+    recorddict_to_model_instruction,
     update_to_recorddict,
 )
 from lit_fed.loop.federated_loop import FederatedLoop
@@ -38,8 +47,101 @@ LoopFactory = Callable[[Context], FederatedLoop]
 
 PARTITION_ID = "partition-id"
 STATE_DIR = "state-dir"
+FEATURE_STATISTICS = f"{MessageType.QUERY}.feature_statistics"
+"""Message type asking a node for its client's per-class feature statistics (CCVR)."""
+BEGIN = f"{MessageType.QUERY}.begin"
+"""Message type telling a node that a run starts at a round (``lit_fed`` config record: ``start_round``)."""
+CALLBACK_PREFIX = "lit_fed.callback."
+"""Key prefix of the loop callbacks' client-side state in a node's saved state (``lit_fed.callback.<index>.<key>``)."""
 
 _NODE_LOOPS: dict[str, FederatedLoop] = {}
+
+
+@dataclass
+class Node:
+    """One Flower node's side of a run: the loop that trains its client, its state store, the client it hosts."""
+
+    loop: FederatedLoop
+    store: NodeState
+    client_id: int
+
+    def check(self, client_id: int) -> None:
+        """Refuses a message meant for another client."""
+        if client_id != self.client_id:
+            raise ValueError(f"message for client {client_id} reached the node hosting client {self.client_id}")
+
+    def restore(self, before_round: int) -> None:
+        """Loads the newest saved state of a round ``< before_round`` into the loop.
+
+        The personal state goes into a fresh client-state store, the callbacks' client-side state into them.
+        """
+        saved = self.store.load(self.client_id, before_round) or {}
+        personal = {k: v for k, v in saved.items() if not k.startswith(CALLBACK_PREFIX)}
+        self.loop.state_store = InMemoryStateStore()
+        if personal:
+            self.loop.state_store.put(self.client_id, personal, before_round - 1)
+        for index, callback in enumerate(self.loop.callbacks):
+            prefix = f"{CALLBACK_PREFIX}{index}."
+            kept = {k.removeprefix(prefix): v for k, v in saved.items() if k.startswith(prefix)}
+            callback.load_client_state(self.client_id, kept, before_round)
+
+    def save(self, round: int) -> None:
+        """Saves the client's personal state and its callbacks' client-side state after ``round``."""
+        state: StateDict = dict(self.loop.state_store.get(self.client_id) or {})
+        for index, callback in enumerate(self.loop.callbacks):
+            state.update({f"{CALLBACK_PREFIX}{index}.{k}": v for k, v in callback.client_state(self.client_id).items()})
+        if state:
+            self.store.save(self.client_id, round, state)
+
+
+def answer_train(node: Node, content: RecordDict) -> RecordDict:
+    """Trains the hosted client on a train instruction; replies with its update."""
+    message = recorddict_to_message(content)
+    node.check(message.client_id)
+    node.restore(message.round)
+    node.loop.round = message.round  # round-dependent client-side hooks (a compressor's schedule) read it
+    update = node.loop.train_client(message)
+    node.save(message.round)
+    return update_to_recorddict(update)
+
+
+def _load_model(node: Node, content: RecordDict) -> tuple[int, StateDict]:
+    instruction = recorddict_to_model_instruction(content)
+    node.check(instruction.client_id)
+    node.restore(instruction.round + 1)
+    node.loop.global_state, node.loop.round = instruction.global_state, instruction.round
+    return instruction.round, instruction.overlay
+
+
+def answer_evaluate(node: Node, content: RecordDict) -> RecordDict:
+    """Evaluates the hosted client's personalized model on its test split; replies with the metric states."""
+    _, overlay = _load_model(node, content)
+    (evaluation,) = node.loop.evaluate_clients([node.client_id], overlays={node.client_id: overlay})
+    return evaluation_to_recorddict(evaluation)
+
+
+def answer_feature_statistics(node: Node, content: RecordDict) -> RecordDict:
+    """The hosted client's per-class feature statistics (an update without statistics if it has no data)."""
+    round, overlay = _load_model(node, content)
+    updates = node.loop.client_feature_statistics([node.client_id], round, overlays={node.client_id: overlay})
+    update = updates[0] if updates else ClientUpdate(client_id=node.client_id, round=round, state={}, num_samples=0)
+    return update_to_recorddict(update)
+
+
+def answer_begin(node: Node, content: RecordDict) -> RecordDict:
+    """Forgets the hosted client's saved states of rounds ``>= start_round`` (the run starts there)."""
+    start = int(content.config_records["lit_fed"]["start_round"])  # type: ignore[arg-type]
+    node.store.discard_from(node.client_id, start)
+    return RecordDict({"lit_fed": ConfigRecord({"client_id": node.client_id})})
+
+
+NODE_ANSWERS: dict[str, Callable[[Node, RecordDict], RecordDict]] = {
+    MessageType.TRAIN: answer_train,
+    MessageType.EVALUATE: answer_evaluate,
+    FEATURE_STATISTICS: answer_feature_statistics,
+    BEGIN: answer_begin,
+}
+"""The node's answer to each lit_fed message type: ``(node, content) -> reply content``."""
 
 
 def node_loop(key: str, factory: LoopFactory, context: Context) -> FederatedLoop:
@@ -68,19 +170,6 @@ def node_state(context: Context, state_dir: str | os.PathLike[str] | None) -> No
     return ContextState(context) if directory in (None, "") else DirectoryState(Path(str(directory)))
 
 
-def _check_client(context: Context, client_id: int) -> None:
-    hosted = hosted_client(context)
-    if hosted != client_id:
-        raise ValueError(f"message for client {client_id} reached the node hosting client {hosted}")
-
-
-def _restore(loop: FederatedLoop, store: NodeState, client_id: int, before_round: int) -> None:
-    loop.state_store = InMemoryStateStore()
-    personal = store.load(client_id, before_round)
-    if personal is not None:
-        loop.state_store.put(client_id, personal, before_round - 1)
-
-
 def make_client_app(factory: LoopFactory, *, state_dir: str | os.PathLike[str] | None = None) -> ClientApp:
     """A ``ClientApp`` training and evaluating the lit_fed client that ``factory``'s loop describes.
 
@@ -92,36 +181,25 @@ def make_client_app(factory: LoopFactory, *, state_dir: str | os.PathLike[str] |
             it); ``None``: Flower's context state.
 
     Returns:
-        The ClientApp, with ``train``, ``evaluate`` and ``query`` handlers.
+        The ClientApp, with a handler for every message type in :data:`NODE_ANSWERS` and ``query``.
     """
     key = uuid.uuid4().hex
     app = ClientApp()
 
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        loop = node_loop(key, factory, context)
-        message = recorddict_to_message(msg.content)
-        _check_client(context, message.client_id)
-        store = node_state(context, state_dir)
-        _restore(loop, store, message.client_id, message.round)
-        update = loop.train_client(message)
-        personal = loop.state_store.get(message.client_id)
-        if personal is not None:
-            store.save(message.client_id, message.round, personal)
-        return Message(update_to_recorddict(update), reply_to=msg)
+    def register(message_type: str, answer: Callable[[Node, RecordDict], RecordDict]) -> None:
+        category, _, action = message_type.partition(".")
+        decorator = getattr(app, category)(action) if action else getattr(app, category)()
 
-    @app.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        loop = node_loop(key, factory, context)
-        rnd, client_id, global_state = read_evaluate_instruction(msg.content)
-        _check_client(context, client_id)
-        _restore(loop, node_state(context, state_dir), client_id, rnd + 1)
-        loop.global_state, loop.round = global_state, rnd
-        (evaluation,) = loop.evaluate_clients([client_id])
-        return Message(evaluation_to_recorddict(evaluation), reply_to=msg)
+        @decorator
+        def handle(msg: Message, context: Context) -> Message:
+            node = Node(node_loop(key, factory, context), node_state(context, state_dir), hosted_client(context))
+            return Message(answer(node, msg.content), reply_to=msg)
+
+    for message_type, answer in NODE_ANSWERS.items():
+        register(message_type, answer)
 
     @app.query()
-    def query(msg: Message, context: Context) -> Message:
+    def query(msg: Message, context: Context) -> Message:  # answered without building the loop: connecting is quick
         return Message(RecordDict({"lit_fed": ConfigRecord({"client_id": hosted_client(context)})}), reply_to=msg)
 
     return app

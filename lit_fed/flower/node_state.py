@@ -34,6 +34,10 @@ class NodeState(ABC):
     def save(self, client_id: int, round: int, state: StateDict) -> None:
         """Stores the client's state after ``round``."""
 
+    @abstractmethod
+    def discard_from(self, client_id: int, round: int) -> None:
+        """Forgets the client's states of rounds ``>= round`` (0: all), as a fresh or a resumed run needs."""
+
 
 class ContextState(NodeState):
     """Personal state in Flower's ``Context.state`` of the node (one ``ArrayRecord`` per client)."""
@@ -53,6 +57,14 @@ class ContextState(NodeState):
     def save(self, client_id: int, round: int, state: StateDict) -> None:
         self.context.state[f"lit_fed.personal.{client_id}"] = state_to_record(state)
         self.context.state[f"lit_fed.personal_round.{client_id}"] = ConfigRecord({"round": round})
+
+    @override
+    def discard_from(self, client_id: int, round: int) -> None:
+        state = self.context.state
+        meta = f"lit_fed.personal_round.{client_id}"
+        if meta in state.config_records and int(state.config_records[meta]["round"]) >= round:  # type: ignore[arg-type]
+            del state[f"lit_fed.personal.{client_id}"]
+            del state[meta]
 
 
 class DirectoryState(NodeState):
@@ -83,12 +95,11 @@ class DirectoryState(NodeState):
             return None
         return torch.load(versions[-1], map_location="cpu", weights_only=True)
 
-    def discard_from(self, round: int) -> None:
-        """Deletes every client's versions of rounds ``>= round`` (0: everything), as a resume or a fresh run needs."""
-        for folder in self.directory.glob("client_*"):
-            for path in folder.glob("r*.pt"):
-                if int(path.stem[1:]) >= round:
-                    path.unlink()
+    @override
+    def discard_from(self, client_id: int, round: int) -> None:
+        for rnd, path in self._versions(client_id):
+            if rnd >= round:
+                path.unlink(missing_ok=True)
 
     @override
     def save(self, client_id: int, round: int, state: StateDict) -> None:

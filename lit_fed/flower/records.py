@@ -10,15 +10,17 @@ with stype :data:`RAW_STYPE`. Layout of a Flower message's :class:`~flwr.app.Rec
 * train reply (:class:`~lit_fed.client.payloads.ClientUpdate`): ``state``, ``extras``, ``metrics``
   (:class:`~flwr.app.MetricRecord`), optional ``label_counts`` and ``feature_stats``, ``lit_fed`` (client id,
   round, sample count, wire size).
-* evaluate instruction: ``state`` (the global state) and ``lit_fed`` (round, client id); reply
+* evaluate and feature-statistics instructions (:class:`ModelInstruction`): ``state`` (the global state),
+  ``overlay`` (the strategy's personal overlay for the client) and ``lit_fed`` (round, client id); evaluate reply
   (:class:`~lit_fed.loop.runner.ClientEvaluation`): the metric states ``accuracy`` and ``class_stats`` and
-  ``lit_fed`` (client id, class count).
+  ``lit_fed`` (client id, class count); feature-statistics reply: a train reply without state.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -185,18 +187,44 @@ def recorddict_to_update(content: RecordDict) -> ClientUpdate:
     )
 
 
-# -- evaluation ------------------------------------------------------------------------------------------------
-def evaluate_instruction(round: int, client_id: int, global_state: StateDict) -> RecordDict:
-    """The Flower content asking ``client_id`` to evaluate its personalized model after ``round``."""
+# -- a client's model: evaluation and feature statistics --------------------------------------------------------
+@dataclass
+class ModelInstruction:
+    """What a node needs to rebuild a client's personalized model after a round (to evaluate it or embed its data).
+
+    Attributes:
+        round: The round after which the model is taken.
+        client_id: The client.
+        global_state: The server's global state.
+        overlay: The strategy's personal overlay for the client (hypernetwork-generated tensors), possibly empty.
+    """
+
+    round: int
+    client_id: int
+    global_state: StateDict
+    overlay: StateDict = field(default_factory=dict)
+
+
+def model_instruction_to_recorddict(instruction: ModelInstruction) -> RecordDict:
+    """The Flower content of an evaluate or feature-statistics instruction."""
     return RecordDict(
-        {"state": state_to_record(global_state), _META: ConfigRecord({"round": round, "client_id": client_id})}
+        {
+            "state": state_to_record(instruction.global_state),
+            "overlay": state_to_record(instruction.overlay),
+            _META: ConfigRecord({"round": instruction.round, "client_id": instruction.client_id}),
+        }
     )
 
 
-def read_evaluate_instruction(content: RecordDict) -> tuple[int, int, StateDict]:
-    """``(round, client_id, global_state)`` of an evaluate instruction."""
-    meta = _meta(content, "evaluate instruction")
-    return int(meta["round"]), int(meta["client_id"]), record_to_state(content.array_records["state"])  # type: ignore[arg-type]
+def recorddict_to_model_instruction(content: RecordDict) -> ModelInstruction:
+    """The :class:`ModelInstruction` an evaluate or feature-statistics instruction carries."""
+    meta = _meta(content, "model instruction")
+    return ModelInstruction(
+        round=int(meta["round"]),  # type: ignore[arg-type]
+        client_id=int(meta["client_id"]),  # type: ignore[arg-type]
+        global_state=record_to_state(content.array_records["state"]),
+        overlay=record_to_state(content.array_records.get("overlay", ArrayRecord())),
+    )
 
 
 def evaluation_to_recorddict(evaluation: ClientEvaluation) -> RecordDict:

@@ -7,30 +7,35 @@ checkpoints.
 strategy's ``configure_train`` messages (after the loop callbacks' ``server_message``) go out as ``train`` messages,
 the nodes' replies come back as typed ``ClientUpdate`` objects in the same order the in-process loop would produce
 them, and ``aggregate_train``/``server_train`` run on them unchanged. Personalized evaluation is an ``evaluate``
-message per client, whose reply is the client's mergeable metric states, so pooled accuracy is exact.
+message per client carrying the strategy's personal overlay for it (hypernetwork-generated tensors), whose reply is
+the client's mergeable metric states, so pooled accuracy is exact; CCVR's statistics are a
+``query.feature_statistics`` message per client. Before the first round every node is told the round the run starts
+at (``query.begin``), so a fresh run starts without personal state and a resumed one forgets what was written after
+its checkpoint — on every node, wherever it runs.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from typing_extensions import override
 
 from lit_fed.client.payloads import ClientUpdate, ServerMessage
+from lit_fed.flower.client_app import BEGIN, FEATURE_STATISTICS
 from lit_fed.flower.records import (
-    evaluate_instruction,
+    ModelInstruction,
     message_to_recorddict,
+    model_instruction_to_recorddict,
     recorddict_to_evaluation,
     recorddict_to_update,
 )
 from lit_fed.loop.async_loop import AsyncFederatedLoop
 from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
 from lit_fed.loop.runner import ClientEvaluation, ClientRunner
-from lit_fed.server.strategy import Strategy
 
 LoopFactory = Callable[[Context], FederatedLoop]
 """Builds the server's loop from the ServerApp's Flower context."""
@@ -86,34 +91,74 @@ class FlowerRunner(ClientRunner):
                 who = f"client {by_node[node]}" if node in by_node else f"node {node}"
                 raise RuntimeError(f"Flower {what} on {who} failed: {reply.error.reason}")
         if len(replies) != len(messages):
-            raise TimeoutError(f"Flower {what}: {len(replies)} of {len(messages)} replies within {self.timeout} s")
+            answered = {reply.metadata.src_node_id for reply in replies}
+            silent = [by_node.get(m.metadata.dst_node_id) for m in messages if m.metadata.dst_node_id not in answered]
+            raise TimeoutError(
+                f"Flower {what}: {len(replies)} of {len(messages)} replies within {self.timeout} s; no reply for "
+                f"clients {silent[:10]}"
+            )
         return replies
 
-    def _send(self, contents: Iterable[tuple[int, RecordDict]], message_type: str, round: int) -> list[Message]:
+    def round_trip(self, contents: Sequence[tuple[int, RecordDict]], message_type: str, round: int) -> list[RecordDict]:
+        """Sends each ``(client id, content)`` to the client's node; returns the replies' contents in that order.
+
+        Raises:
+            RuntimeError: a node's ClientApp failed (its error reply names the client and the reason).
+            TimeoutError: replies missing after ``timeout`` seconds.
+        """
+        if not self.nodes:
+            raise RuntimeError("FlowerRunner: no node is connected; the loop calls begin() before its first round")
         messages = [
             Message(content, dst_node_id=self.nodes[cid], message_type=message_type, group_id=str(round))
             for cid, content in contents
         ]
-        return self._exchange(messages, message_type)
+        by_node = {reply.metadata.src_node_id: reply.content for reply in self._exchange(messages, message_type)}
+        return [by_node[message.metadata.dst_node_id] for message in messages]
 
     # -- the runner ----------------------------------------------------------------------------------------
     @override
-    def train(self, loop: FederatedLoop, messages: Sequence[ServerMessage]) -> list[ClientUpdate]:
+    def begin(self, loop: FederatedLoop, start_round: int) -> None:
+        """Connects every client's node and tells each that the run starts at ``start_round``."""
         if not self.nodes:
             self.connect(loop.num_clients)
+        content = RecordDict({"lit_fed": ConfigRecord({"start_round": start_round})})
+        self.round_trip([(cid, content) for cid in range(loop.num_clients)], BEGIN, start_round)
+
+    @override
+    def train(self, loop: FederatedLoop, messages: Sequence[ServerMessage]) -> list[ClientUpdate]:
         prepared = [loop.prepare_message(message) for message in messages]
-        replies = self._send(((m.client_id, message_to_recorddict(m)) for m in prepared), MessageType.TRAIN, loop.round)
-        updates = {update.client_id: update for update in (recorddict_to_update(r.content) for r in replies)}
-        return [loop.receive_update(updates[message.client_id]) for message in prepared]
+        contents = [(m.client_id, message_to_recorddict(m)) for m in prepared]
+        return [
+            loop.receive_update(recorddict_to_update(r))
+            for r in self.round_trip(contents, MessageType.TRAIN, loop.round)
+        ]
+
+    @staticmethod
+    def model_instructions(loop: FederatedLoop, client_ids: Sequence[int], round: int) -> list[tuple[int, RecordDict]]:
+        """Each client's model after ``round``: the global state and the strategy's personal overlay for it."""
+        return [
+            (cid, model_instruction_to_recorddict(ModelInstruction(round, cid, loop.global_state, overlay)))
+            for cid, overlay in ((cid, loop.strategy.personal_overlay(cid)) for cid in client_ids)
+        ]
 
     @override
     def evaluate(self, loop: FederatedLoop, client_ids: Sequence[int]) -> list[ClientEvaluation]:
-        if not self.nodes:
-            self.connect(loop.num_clients)
-        contents = ((cid, evaluate_instruction(loop.round, cid, loop.global_state)) for cid in client_ids)
-        replies = self._send(contents, MessageType.EVALUATE, loop.round)
-        evaluations = {e.client_id: e for e in (recorddict_to_evaluation(r.content) for r in replies)}
-        return [evaluations[cid] for cid in client_ids]
+        contents = self.model_instructions(loop, client_ids, loop.round)
+        return [recorddict_to_evaluation(r) for r in self.round_trip(contents, MessageType.EVALUATE, loop.round)]
+
+    @override
+    def feature_statistics(self, loop: FederatedLoop, client_ids: Sequence[int], round: int) -> list[ClientUpdate]:
+        contents = self.model_instructions(loop, client_ids, round)
+        updates = [recorddict_to_update(r) for r in self.round_trip(contents, FEATURE_STATISTICS, round)]
+        return [update for update in updates if update.feature_stats is not None]
+
+
+def seconds(value: object, default: float | None) -> float | None:
+    """A timeout from a Flower run-config value: ``None``/``""`` → ``default``; ``<= 0`` → no limit (``None``)."""
+    if value is None or value == "":
+        return default
+    number = float(value)  # type: ignore[arg-type]
+    return number if number > 0 else None
 
 
 def make_server_app(
@@ -130,8 +175,11 @@ def make_server_app(
         factory: Builds the loop (client module as the architecture template, datamodule for the global test set,
             strategy, rounds, run directory, loggers, ...) from the ServerApp's context.
         resume_from: A round checkpoint to resume from; the run config's ``resume-from`` value overrides it.
-        timeout: Seconds to wait for a round's replies (``None``: no limit).
-        connect_timeout: Seconds to wait for every client's node before the first round.
+        timeout: Seconds to wait for a round's replies (``None``: no limit); the run config's ``reply-timeout``
+            overrides it (``0``: no limit). A node that does not reply in time stops the run with a
+            ``TimeoutError`` naming the silent clients; resume from the last round checkpoint.
+        connect_timeout: Seconds to wait for every client's node before the first round (run config:
+            ``connect-timeout``).
         on_result: Receives the finished run's :class:`FederatedResult` (in-process simulation).
     """
     app = ServerApp()
@@ -141,13 +189,13 @@ def make_server_app(
         loop = factory(context)
         if isinstance(loop, AsyncFederatedLoop):
             raise ValueError("the Flower backends run synchronous rounds; asynchronous mode is sequential-only")
-        if type(loop.strategy).bind is not Strategy.bind:
-            raise ValueError(
-                f"{type(loop.strategy).__name__} binds to the loop's client-state store (hypernetwork methods), which "
-                "lives on the Flower nodes; run it with the sequential backend"
-            )
-        loop.runner = FlowerRunner(grid, timeout=timeout, connect_timeout=connect_timeout)
-        resume = context.run_config.get("resume-from") or resume_from
+        config = context.run_config
+        loop.runner = FlowerRunner(
+            grid,
+            timeout=seconds(config.get("reply-timeout"), timeout),
+            connect_timeout=seconds(config.get("connect-timeout"), connect_timeout) or connect_timeout,
+        )
+        resume = config.get("resume-from") or resume_from
         result = loop.run(resume_from=str(resume) if resume else None)
         if on_result is not None:
             on_result(result)

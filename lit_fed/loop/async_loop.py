@@ -421,8 +421,7 @@ class AsyncFederatedLoop(FederatedLoop):
         while arrivals < self.asynchronous.concurrency:
             job = self.next_arrival()
             self.clock = job.arrival_time
-            update = self.train_client(job.message)
-            self.comm.upload(update)
+            update = self.receive_update(self.train_client(job.message))
             ok, bad = screen_updates([update], self.global_state)
             for _, reason in bad:
                 log.warning(reason)

@@ -17,7 +17,7 @@ import importlib.metadata
 import logging
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from lit_fed.metrics.evaluation import (
     pool_client_metrics,
     shot_groups,
 )
+from lit_fed.metrics.features import embed_dataset, feature_statistics
 from lit_fed.server.sampling import ClientSampler
 from lit_fed.server.strategy import FedAvg, ServerContext, Strategy
 from lit_fed.server.validation import screen_updates
@@ -320,13 +321,16 @@ class FederatedLoop:
             class_counts = sum(self.datamodule.client_label_counts(c) for c in range(self.num_clients))
             self.shot_groups = shot_groups(torch.as_tensor(class_counts), *self.shot_thresholds)
         self._client_kwargs = self.client_trainer_kwargs()
-        self._needs_per_client_eval = bool(self.initial_personal) or (
-            type(self.client).personalize is not FederationMixin.personalize
-        )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.loggers: list[Any] = [] if self._loggers is None else list(self._loggers)
         self.strategy.bind(self)
+        self._server_personalizes = bool(self.strategy.personal_overlay(0))  # hypernetworks
+        self._needs_per_client_eval = (
+            bool(self.initial_personal)
+            or type(self.client).personalize is not FederationMixin.personalize
+            or self._server_personalizes
+        )
 
     # -- one client --------------------------------------------------------------------------------------
     def train_client(self, message: ServerMessage) -> ClientUpdate:
@@ -358,21 +362,34 @@ class FederatedLoop:
         return message
 
     def receive_update(self, update: ClientUpdate) -> ClientUpdate:
-        """Counts an arriving client update as uploaded and returns it."""
+        """Counts an arriving client update as uploaded, shows it to the callbacks' ``update_received``; returns it."""
         self.comm.upload(update)
+        for callback in self.callbacks:
+            callback.update_received(self, update)
         return update
 
     # -- evaluation --------------------------------------------------------------------------------------
-    def load_client(self, client_id: int | None) -> None:
-        """Loads the global state and ``client_id``'s stored personal state into the worker module.
+    def load_client(self, client_id: int | None, overlay: StateDict | None = None) -> None:
+        """Loads ``client_id``'s personalized model into the worker module.
 
-        ``None`` loads the initial personal state (the "global model" of split-personalized methods).
+        That is its stored personal state (else the initial one), the strategy's
+        :meth:`~lit_fed.server.strategy.Strategy.personal_overlay` for it (or ``overlay``, as a Flower node receives
+        it with the evaluate message), and the global state. ``None`` loads the initial personal state (the "global
+        model" of split-personalized methods).
         """
-        personal = (
-            self.initial_personal if client_id is None else (self.state_store.get(client_id) or self.initial_personal)
-        )
+        if client_id is None:
+            personal = self.initial_personal
+        else:
+            personal = self.state_store.get(client_id) or self.initial_personal
+            overlay = self.strategy.personal_overlay(client_id) if overlay is None else overlay
+            if overlay:
+                personal = {**personal, **overlay}
         self.client.load_personal_state(personal)
         self.client.load_state(self.global_state, what="global state")
+
+    def _overlaid(self, overlays: Mapping[int, StateDict] | None) -> bool:
+        """Whether a personal overlay applies: any of ``overlays`` (sent to a node), else the strategy's own."""
+        return any(overlays.values()) if overlays is not None else self._server_personalizes
 
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[torch.nn.Module]:
@@ -387,20 +404,23 @@ class FederatedLoop:
             module.to("cpu")
             module.train(was_training)
 
-    def evaluate_clients(self, client_ids: Sequence[int]) -> list[ClientEvaluation]:
-        """Each client's personalized model (stored personal state, then ``personalize``) on its own test split.
+    def evaluate_clients(
+        self, client_ids: Sequence[int], overlays: Mapping[int, StateDict] | None = None
+    ) -> list[ClientEvaluation]:
+        """Each client's personalized model (:meth:`load_client`, then ``personalize``) on its own test split.
 
         The same code runs in every backend: the sequential runner calls it for all clients, a Flower ClientApp
-        for the client it hosts.
+        for the client it hosts, with the personal overlays the server sent (``overlays``; default: the strategy's).
         """
         num_classes = int(self.datamodule.num_classes)
+        per_client = self._needs_per_client_eval or self._overlaid(overlays)
         results = []
         with self._eval_mode() as module:
-            if not self._needs_per_client_eval:
+            if not per_client:
                 self.load_client(None)  # every client evaluates the global model on its own test split
             for cid in client_ids:
-                if self._needs_per_client_eval:
-                    self.load_client(cid)
+                if per_client:
+                    self.load_client(cid, None if overlays is None else overlays.get(cid, {}))
                     module.personalize(self.datamodule.client_train_dataloader(cid, self.round))
                     module.eval()
                 stats = new_class_stats(num_classes)
@@ -413,6 +433,34 @@ class FederatedLoop:
                 )
                 results.append(ClientEvaluation(client_id=cid, accuracy=accuracy, class_stats=stats))
         return results
+
+    def client_feature_statistics(
+        self, client_ids: Sequence[int], round: int, overlays: Mapping[int, StateDict] | None = None
+    ) -> list[ClientUpdate]:
+        """Each client's per-class feature statistics on its training split, in ``ClientUpdate.feature_stats``.
+
+        CCVR's client step (Luo et al. 2021, §4; :func:`~lit_fed.metrics.features.feature_statistics`), with the
+        model :meth:`load_client` gives the client (the global model when no client keeps personal state). A
+        client without training samples yields no update. Runs where the client lives: the sequential runner
+        calls it for all clients, a Flower ClientApp for the client it hosts.
+        """
+        num_classes = int(self.datamodule.num_classes)
+        per_client = bool(self.initial_personal) or self._overlaid(overlays)
+        updates = []
+        with self._eval_mode() as module, torch.no_grad():
+            if not per_client:
+                self.load_client(None)
+            for cid in client_ids:
+                if per_client:
+                    self.load_client(cid, None if overlays is None else overlays.get(cid, {}))
+                dataloader = self.datamodule.client_train_dataloader(cid, round)
+                features, labels = embed_dataset(module, dataloader, self.eval_device)
+                if features.numel() == 0:
+                    continue
+                stats = feature_statistics(features, labels, num_classes, dtype=torch.float32)
+                update = ClientUpdate(cid, round, state={}, num_samples=int(labels.numel()), feature_stats=stats)
+                updates.append(update)
+        return updates
 
     def evaluate(self) -> dict[str, float]:
         """Global accuracy on the global test set and personalized accuracy on every client's test split."""
@@ -581,6 +629,7 @@ class FederatedLoop:
         self.setup()
         self.strategy.initialize(copy.deepcopy(self.global_state))
         start = self.restore(resume_from) if resume_from is not None else 0
+        self.runner.begin(self, start)
         if self._loggers is None:  # a resumed run logs into its own version: earlier rounds' logs stay intact
             self.loggers = _default_loggers(self.run_dir, version="" if start == 0 else f"resumed_at_round_{start}")
         self._log_partition()

@@ -6,7 +6,7 @@ a :class:`ClientRunner`. :class:`SequentialRunner` (the default) trains and eval
 in this process by calling the loop's own :meth:`~lit_fed.loop.federated_loop.FederatedLoop.train_client` and
 :meth:`~lit_fed.loop.federated_loop.FederatedLoop.evaluate_clients`; the Flower runner
 (:class:`lit_fed.flower.server_app.FlowerRunner`) sends the same typed payloads to Flower nodes, whose ClientApp
-calls those same two methods.
+calls those same methods.
 """
 
 from __future__ import annotations
@@ -53,7 +53,22 @@ class ClientRunner(ABC):
 
     @abstractmethod
     def evaluate(self, loop: FederatedLoop, client_ids: Sequence[int]) -> list[ClientEvaluation]:
-        """Evaluates each client's personalized model on its test split (after ``loop.round``)."""
+        """Evaluates each client's personalized model on its test split (after ``loop.round``).
+
+        Each client's model is :meth:`FederatedLoop.load_client`'s, including the strategy's
+        :meth:`~lit_fed.server.strategy.Strategy.personal_overlay` for it.
+        """
+
+    @abstractmethod
+    def feature_statistics(self, loop: FederatedLoop, client_ids: Sequence[int], round: int) -> list[ClientUpdate]:
+        """Each client's per-class feature statistics (:meth:`FederatedLoop.client_feature_statistics`; CCVR)."""
+
+    def begin(self, loop: FederatedLoop, start_round: int) -> None:  # noqa: B027
+        """Called once before a run's first round, with that round.
+
+        ``0`` for a fresh run; the first round still to run for a resumed one (where clients keep state, what they
+        wrote at or after it is forgotten). Default: nothing.
+        """
 
     def close(self) -> None:  # noqa: B027
         """Releases what the runner holds at the end of a run. Default: nothing."""
@@ -73,3 +88,7 @@ class SequentialRunner(ClientRunner):
     @override
     def evaluate(self, loop: FederatedLoop, client_ids: Sequence[int]) -> list[ClientEvaluation]:
         return loop.evaluate_clients(client_ids)
+
+    @override
+    def feature_statistics(self, loop: FederatedLoop, client_ids: Sequence[int], round: int) -> list[ClientUpdate]:
+        return loop.client_feature_statistics(client_ids, round)

@@ -61,7 +61,6 @@ _EXPORTS: dict[str, str] = {
     "ffgg_schedule": "lit_fed.methods.partial",
     "partial_schedule": "lit_fed.methods.partial",
     "PerFedAvgClient": "lit_fed.methods.perfedavg",
-    "GeneratedStateStore": "lit_fed.methods.pfedhn",
     "Hypernetwork": "lit_fed.methods.pfedhn",
     "HypernetworkClient": "lit_fed.methods.pfedhn",
     "HypernetworkStrategy": "lit_fed.methods.pfedhn",

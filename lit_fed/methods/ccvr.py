@@ -28,7 +28,7 @@ classifier to calibrate and is refused.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lit_fed.client.payloads import ClientUpdate, FeatureStatistics, StateDict
+from lit_fed.client.payloads import FeatureStatistics, StateDict
 from lit_fed.loop.callbacks import LoopCallback
+from lit_fed.metrics.features import feature_statistics
 from lit_fed.utils.seeding import torch_generator
 
 if TYPE_CHECKING:
@@ -56,39 +57,6 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 # Statistics
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def feature_statistics(
-    features: Tensor, labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float64
-) -> FeatureStatistics:
-    """Per-class mean, unbiased covariance (divisor ``N_c − 1``) and count of ``features`` (CCVR, client side).
-
-    A class with one sample has a zero covariance; an absent class has a zero mean and covariance and count 0.
-
-    Args:
-        features: ``(N, d)`` features.
-        labels: ``(N,)`` class ids in ``[0, num_classes)``.
-        num_classes: ``C``.
-        dtype: Dtype of the returned means and covariances (computed in float64).
-
-    Returns:
-        ``FeatureStatistics(means (C, d), covariances (C, d, d), counts (C,) int64)``.
-    """
-    if features.dim() != 2 or labels.shape != features.shape[:1]:
-        raise ValueError(f"feature_statistics: expected (N, d) and (N,), got {tuple(features.shape)}, {labels.shape}")
-    x = features.detach().to(torch.float64)
-    labels = labels.detach().to(x.device).long()
-    dim = x.shape[1]
-    means = x.new_zeros(num_classes, dim)
-    covariances = x.new_zeros(num_classes, dim, dim)
-    counts = torch.bincount(labels, minlength=num_classes)[:num_classes]
-    for c in counts.nonzero().flatten().tolist():
-        fc = x[labels == c]
-        means[c] = fc.mean(dim=0)
-        if fc.shape[0] > 1:
-            centered = fc - means[c]
-            covariances[c] = centered.T @ centered / (fc.shape[0] - 1)
-    return FeatureStatistics(means.to(dtype), covariances.to(dtype), counts.cpu().long())
 
 
 def pool_feature_statistics(stats: Sequence[FeatureStatistics]) -> FeatureStatistics:
@@ -242,17 +210,6 @@ def calibrate_classifier(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def _embed(module: nn.Module, dataloader: Iterable[Any], device: torch.device) -> tuple[Tensor, Tensor]:
-    features, labels = [], []
-    for x, y in dataloader:
-        features.append(module.embed(x.to(device)).float())  # type: ignore[operator]
-        labels.append(y.to(device))
-    if not features:
-        return torch.empty(0, 0, device=device), torch.empty(0, dtype=torch.long, device=device)
-    return torch.cat(features), torch.cat(labels)
-
-
 class CCVR(LoopCallback):
     """Classifier calibration with virtual representations (Luo et al. 2021) as a loop callback, after any method.
 
@@ -329,40 +286,15 @@ class CCVR(LoopCallback):
             metrics.update(self.calibrate(loop, round, metrics))
 
     # -- the steps ---------------------------------------------------------------------------------------
-    def _restore(self, loop: FederatedLoop, client_id: int | None) -> None:
-        """Loads a client's model as the evaluator does: its stored personal state (else the initial one) + global."""
-        personal = None if client_id is None else loop.state_store.get(client_id)
-        loop.client.load_personal_state(personal or loop.initial_personal)
-        loop.client.load_state(loop.global_state, what="global state")
-
     def gather_statistics(self, loop: FederatedLoop, round: int) -> list[FeatureStatistics]:
-        """Every client's per-class feature statistics on its local training split (counted as uploaded bytes)."""
-        module, device = loop.client, loop.eval_device
-        num_classes = int(loop.datamodule.num_classes)
-        stats: list[FeatureStatistics] = []
-        personal = bool(loop.initial_personal)
-        if not personal:
-            self._restore(loop, None)
-        nbytes = 0
-        for cid in range(loop.num_clients):
-            if personal:
-                self._restore(loop, cid)
-            module.eval()
-            features, labels = _embed(module, loop.datamodule.client_train_dataloader(cid, round), device)
-            if features.numel() == 0:
-                continue
-            client_stats = feature_statistics(features, labels, num_classes, dtype=torch.float32)
-            update = ClientUpdate(
-                client_id=cid,
-                round=round,
-                state={},
-                num_samples=int(labels.numel()),
-                feature_stats=client_stats,
-            )
-            nbytes += loop.comm.upload(update)
-            stats.append(client_stats)
-        self._nbytes = nbytes
-        return stats
+        """Every client's per-class feature statistics on its local training split (counted as uploaded bytes).
+
+        Computed where the client lives (:meth:`~lit_fed.loop.runner.ClientRunner.feature_statistics`: in this
+        process, or on the client's Flower node), with the model the evaluator gives that client.
+        """
+        updates = loop.runner.feature_statistics(loop, range(loop.num_clients), round)
+        self._nbytes = sum(loop.comm.upload(update) for update in updates)
+        return [update.feature_stats for update in updates if update.feature_stats is not None]
 
     def _classifier_keys(self, loop: FederatedLoop, embedding_dim: int) -> list[str]:
         keys = list(classifier_parameters(loop.client, embedding_dim))
@@ -402,7 +334,7 @@ class CCVR(LoopCallback):
             if "global_acc" not in before:
                 before = {k: v for k, v in loop.evaluate().items() if k.startswith(("global_acc", "personal_acc"))}
             module.to(device)
-            self._restore(loop, None)
+            loop.load_client(None)
             module.eval()
             probe, _ = next(iter(loop.datamodule.global_test_dataloader()))
             with torch.no_grad():
@@ -416,7 +348,7 @@ class CCVR(LoopCallback):
             self.last_pooled = pooled
             generator = torch_generator(loop.seed, "ccvr", round)
             features, labels = sample_virtual_features(pooled, self.samples_per_class, generator)
-            self._restore(loop, None)
+            loop.load_client(None)
             module.to(device)
             module.eval()
             fit = calibrate_classifier(

@@ -447,8 +447,16 @@ class FedDF(Strategy):
 
     # -- delegation to the fusion rule -----------------------------------------------------------------------
     @override
+    def bind(self, loop: Any) -> None:
+        self.inner.bind(loop)
+
+    @override
     def initialize(self, global_state: StateDict) -> None:
         self.inner.initialize(global_state)
+
+    @override
+    def personal_overlay(self, client_id: int) -> StateDict:
+        return self.inner.personal_overlay(client_id)
 
     @override
     def configure_train(self, round: int, client_ids: Sequence[int], global_state: StateDict) -> list[ServerMessage]:

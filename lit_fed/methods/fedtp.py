@@ -20,7 +20,7 @@ The personal part of a transformer is each block's fused query/key/value project
   keys here; in the official code they are averaged into the global model and then always overwritten).
 
 The machinery (batched generation, the vector–Jacobian product, checkpointed hypernetwork, evaluation of never-trained
-clients through a :class:`~lit_fed.methods.pfedhn.GeneratedStateStore`) is shared with pFedHN and lives in
+clients through the strategy's personal overlay) is shared with pFedHN and lives in
 :mod:`lit_fed.methods.pfedhn`; :class:`FedTP` sets FedTP's defaults and :class:`FedTPClient` generates the QKV
 projections of a :class:`~lit_fed.models.vit.ViT` / :class:`~lit_fed.models.vit.CharTransformer` (or a timm ViT).
 FedTP applies to text with the same body: see :mod:`lit_fed.data.shakespeare` and

@@ -29,17 +29,15 @@ The pieces, usable on their own:
   are overwritten by the server's tensors each round and returned trained; ``personal`` selectors name private,
   never-generated layers (pFedHN-PC's head). :class:`PFedHNClient` is the pFedHN/pFedHN-PC client.
 
-**Evaluating clients that never trained.** The loop evaluates client ``c`` with ``store.get(c)`` (or the initial
-personal state) plus the global state, and neither the client module nor the loop can reach the strategy. So the
-generated tensors enter through the client-state store: :func:`bind_hypernetwork` (what
-:meth:`HypernetworkStrategy.bind` runs at the end of the loop's ``setup()``, so also before ``lit-fed validate/test``
-evaluates a checkpoint) builds the hypernetwork for the loop's client and number of clients,
-and wraps the loop's store in a :class:`GeneratedStateStore`, a view whose ``get(c)`` returns the client's stored
-private state (or the initial one) overlaid with ``h(v_c; φ)`` for the *current* ``φ`` — exactly what the official
-``evaluate`` does for every client [code], trained or not — and whose ``put`` drops the generated tensors (they are
-a function of ``φ``, so only private layers are stored). Nothing in ``federated_loop.py`` changes. The loop's
-``global_acc`` uses the *initial* generated tensors and is not meaningful for these methods; report the personalized
-accuracy, as the paper does.
+**Evaluating clients that never trained.** The loop evaluates client ``c`` with its stored personal state (or the
+initial one), the global state and the strategy's :meth:`~lit_fed.server.strategy.Strategy.personal_overlay`, which
+here is ``h(v_c; φ)`` for the *current* ``φ`` — exactly what the official ``evaluate`` does for every client [code],
+trained or not. Under Flower the overlay travels with the evaluate message to the node that keeps the client's
+private layers. A client keeps only its private layers (:meth:`HypernetworkClient.personal_state`): the generated
+tensors are a function of ``φ``. :func:`bind_hypernetwork` (what :meth:`HypernetworkStrategy.bind` runs at the end of
+the loop's ``setup()``, so also before ``lit-fed validate/test`` evaluates a checkpoint) builds the hypernetwork for
+the loop's client and number of clients. The loop's ``global_acc`` uses the *initial* generated tensors and is not
+meaningful for these methods; report the personalized accuracy, as the paper does.
 
 Example (Python API; the YAML configs ``configs/method/pfedhn.yaml`` / ``pfedhn_pc.yaml`` wire the same)::
 
@@ -53,7 +51,7 @@ Example (Python API; the YAML configs ``configs/method/pfedhn.yaml`` / ``pfedhn_
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +64,6 @@ from lit_fed.client.payloads import ClientUpdate, ServerMessage, StateDict
 from lit_fed.client.regularizers import Regularizer
 from lit_fed.client.schedule import LocalSchedule
 from lit_fed.client.split import Head, Modules, ParameterSelector
-from lit_fed.loop.state_store import ClientStateStore
 from lit_fed.server.aggregation import Aggregator
 from lit_fed.server.strategy import FedAvg, ServerContext
 from lit_fed.utils.seeding import derive_seed
@@ -77,7 +74,6 @@ if TYPE_CHECKING:
 __all__ = [
     "GENERATED_MARKER",
     "VERSION_KEY",
-    "GeneratedStateStore",
     "Hypernetwork",
     "HypernetworkClient",
     "HypernetworkStrategy",
@@ -93,10 +89,11 @@ received. It is a *shared* key: the loop requires at least one, and pFedHN's cli
 generated or private) [design]."""
 
 GENERATED_MARKER = "__hypernetwork_generated__"
-"""An entry :class:`GeneratedStateStore` adds to every state it returns (the hypernetwork's version). A
-:class:`HypernetworkClient` whose personal state was last loaded without it refuses personalized predictions: it
-was not given its generated tensors (a loop evaluated without :func:`bind_hypernetwork`, e.g. after a bare
-``loop.restore``), and would otherwise report a silently wrong accuracy."""
+"""An entry of every :meth:`HypernetworkStrategy.personal_overlay` (the hypernetwork's version). A
+:class:`HypernetworkClient` whose personal state was last loaded without it (and that has not received its tensors
+in a round since) refuses personalized predictions: it was not given its generated tensors (a loop evaluated without
+the strategy's overlay, e.g. after a bare ``loop.restore`` without ``setup``), and would otherwise report a silently
+wrong accuracy."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -311,8 +308,13 @@ class HypernetworkStrategy(FedAvg):
 
     @override
     def bind(self, loop: Any) -> None:
-        """Builds the hypernetwork for the loop and installs the evaluation view (:func:`bind_hypernetwork`)."""
+        """Builds the hypernetwork for the loop's client and number of clients (:func:`bind_hypernetwork`)."""
         bind_hypernetwork(loop)
+
+    @override
+    def personal_overlay(self, client_id: int) -> StateDict:
+        """``h(v_c; φ)`` for the current ``φ`` (:meth:`personal_tensors`) and the :data:`GENERATED_MARKER`."""
+        return {**self.personal_tensors(client_id), GENERATED_MARKER: torch.tensor(self.version)}
 
     def _check_spec(self, shapes: Mapping[str, tuple[int, ...]], num_clients: int, what: str) -> None:
         assert self.hypernetwork is not None
@@ -547,6 +549,7 @@ class HypernetworkClient(FederatedClient):
         self.register_buffer(VERSION_KEY, torch.zeros((), dtype=torch.int64))
         self._generated_keys: list[str] | None = None
         self._generated_supplied = True  # standalone Lightning use: the module's own parameters are the model
+        self._initial_generated: StateDict | None = None
 
     # -- keys ------------------------------------------------------------------------------------------
     @override
@@ -590,12 +593,30 @@ class HypernetworkClient(FederatedClient):
                 )
         return self._generated_keys
 
+    def initial_generated(self) -> StateDict:
+        """The generated tensors as the client held them first: its initialization, captured on first use.
+
+        A loop's ``setup`` makes that first use. They are what the client holds when the server gave it none — its
+        "global model", e.g. for the loop's ``global_acc``, which is not meaningful for these methods.
+        """
+        if self._initial_generated is None:
+            tensors = self._tensors()
+            self._initial_generated = {k: tensors[k].detach().to("cpu", copy=True) for k in self.generated_keys()}
+        return self._initial_generated
+
     def generated_shapes(self) -> dict[str, tuple[int, ...]]:
         """``{key: shape}`` of the generated parameters — what the server's hypernetwork must emit."""
         tensors = self._tensors()
         return {k: tuple(tensors[k].shape) for k in self.generated_keys()}
 
     # -- protocol --------------------------------------------------------------------------------------
+    @override
+    def personal_state(self) -> StateDict:
+        """The private layers (and personal buffers) only: the generated tensors are a function of ``φ``."""
+        generated = self.initial_generated().keys()  # captures the initialization before any training
+        tensors = self._tensors()
+        return {k: tensors[k].detach().to("cpu", copy=True) for k in self.personal_keys() if k not in generated}
+
     @override
     def receive_global(self, message: ServerMessage) -> None:
         """Loads the shared state, then the generated tensors from ``message.extras``.
@@ -616,6 +637,7 @@ class HypernetworkClient(FederatedClient):
             {k: message.extras[k] for k in keys},
             what=f"generated tensors for client {message.client_id}, round {message.round},",
         )
+        self._generated_supplied = True
 
     @override
     def build_update(self, num_samples: int) -> ClientUpdate:
@@ -627,10 +649,15 @@ class HypernetworkClient(FederatedClient):
 
     @override
     def load_personal_state(self, state: StateDict) -> None:
-        """Loads private and generated tensors; notes whether they came from a :class:`GeneratedStateStore`."""
+        """Loads private and generated tensors; notes whether the generated ones came from the server.
+
+        They did when ``state`` holds the :data:`GENERATED_MARKER` of :meth:`HypernetworkStrategy.personal_overlay`;
+        generated tensors ``state`` lacks are the initial ones (:meth:`initial_generated`), so a client's model never
+        depends on the client trained before it in the same worker module.
+        """
         state = dict(state)
         self._generated_supplied = state.pop(GENERATED_MARKER, None) is not None
-        super().load_personal_state(state)
+        super().load_personal_state({**self.initial_generated(), **state})
 
     @override
     def predict_logits(self, x: Tensor) -> Tensor:
@@ -642,8 +669,8 @@ class HypernetworkClient(FederatedClient):
         if not self._generated_supplied:
             raise RuntimeError(
                 f"{type(self).__name__}: personalized evaluation without the hypernetwork's generated tensors: "
-                "the client-state store is not the strategy's GeneratedStateStore. A FederatedLoop installs it in "
-                "setup() (HypernetworkStrategy.bind); a custom driver calls lit_fed.methods.bind_hypernetwork(loop)"
+                "load the strategy's personal_overlay(client_id) with the personal state (FederatedLoop.load_client "
+                "does, after setup() has run bind_hypernetwork)"
             )
         return super().predict_logits(x)
 
@@ -689,72 +716,8 @@ class PFedHNClient(HypernetworkClient):
         self.private_head = private_head
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Evaluation of every client through the client-state store
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class GeneratedStateStore(ClientStateStore):
-    """A view over a client-state store that supplies each client's hypernetwork-generated tensors.
-
-    ``get(c)`` = the client's stored state (or, if it never trained, ``fallback()`` — the loop's initial personal
-    state) overlaid with ``strategy.personal_tensors(c)``, i.e. ``h(v_c; φ)`` for the current ``φ``, plus the
-    :data:`GENERATED_MARKER` entry that :class:`HypernetworkClient` checks before personalized predictions. ``put``
-    drops the generated keys (a function of ``φ``) and stores the rest (private layers), skipping empty states.
-    Snapshots (``state_dict``/``load_state_dict``) are the base store's.
-
-    Args:
-        base: The store holding private state.
-        strategy: The hypernetwork strategy.
-        generated_keys: The generated state-dict keys.
-        fallback: Returns the state of a client that never trained.
-    """
-
-    def __init__(
-        self,
-        base: ClientStateStore,
-        strategy: HypernetworkStrategy,
-        generated_keys: Sequence[str],
-        fallback: Callable[[], StateDict],
-    ) -> None:
-        self.base = base
-        self.strategy = strategy
-        self.generated_keys = frozenset(generated_keys)
-        self.fallback = fallback
-
-    @override
-    def get(self, client_id: int) -> StateDict | None:
-        stored = self.base.get(client_id)
-        state = dict(self.fallback() if stored is None else stored)
-        state.update(self.strategy.personal_tensors(client_id))
-        state[GENERATED_MARKER] = torch.tensor(self.strategy.version)
-        return state
-
-    @override
-    def put(self, client_id: int, state: StateDict, round: int) -> None:
-        kept = {k: v for k, v in state.items() if k not in self.generated_keys}
-        if kept:
-            self.base.put(client_id, kept, round)
-
-    @override
-    def __contains__(self, client_id: object) -> bool:
-        return client_id in self.base
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return self.base.state_dict()
-
-    @override
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.base.load_state_dict(state)
-
-    @override
-    def nbytes(self) -> int:
-        return self.base.nbytes()
-
-
 def bind_hypernetwork(loop: FederatedLoop) -> None:
-    """Builds the loop's hypernetwork strategy for its client and clients, and installs the evaluation view.
+    """Builds the loop's hypernetwork strategy for its client's generated tensors and its number of clients.
 
     Idempotent. :meth:`HypernetworkStrategy.bind` calls it at the end of ``loop.setup()``, so evaluating a saved
     checkpoint is ``loop.setup(); loop.restore(path); loop.evaluate()`` (what ``lit-fed validate/test`` do).
@@ -772,7 +735,3 @@ def bind_hypernetwork(loop: FederatedLoop) -> None:
             "(PFedHNClient, FedTPClient)"
         )
     strategy.setup(client.generated_shapes(), loop.num_clients, seed=loop.seed)
-    if not isinstance(loop.state_store, GeneratedStateStore):
-        loop.state_store = GeneratedStateStore(
-            loop.state_store, strategy, client.generated_keys(), lambda: loop.initial_personal
-        )

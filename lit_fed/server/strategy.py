@@ -60,6 +60,16 @@ class Strategy(ABC):
     def initialize(self, global_state: StateDict) -> None:  # noqa: B027
         """Called once with the initial global state, before round 0. Default: nothing."""
 
+    def personal_overlay(self, client_id: int) -> StateDict:
+        """Tensors the server contributes to ``client_id``'s personalized model, over its stored personal state.
+
+        The loop evaluates client ``c`` (and CCVR embeds its data) with ``global state + stored personal state +
+        personal_overlay(c)``. A hypernetwork strategy returns ``h(v_c; φ)`` for the current ``φ``, so every client,
+        trained or not, is evaluated with its generated weights. Under Flower the overlay travels with the evaluate
+        message, since the personal state lives on the node. Default: nothing (``{}``).
+        """
+        return {}
+
     def configure_train(self, round: int, client_ids: Sequence[int], global_state: StateDict) -> list[ServerMessage]:
         """One message per sampled client. Default: every client receives the global state."""
         return [ServerMessage(round=round, client_id=cid, state=global_state) for cid in client_ids]

@@ -84,13 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resume-from", default="", help="a round checkpoint of an earlier run in --run-dir")
     parser.add_argument("--num-nodes", type=int, default=2, help="SuperNodes (= clients of the config)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds before everything is stopped")
+    parser.add_argument(
+        "--reply-timeout", type=float, default=600.0, help="seconds the server waits for a round's replies (0: none)"
+    )
     parser.add_argument("--logs", default=None, help="directory for the SuperLink/SuperNode logs (default: temp)")
     args = parser.parse_args(argv)
 
     run_dir = Path(args.run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not args.resume_from:  # a fresh run: no personal state left over from an earlier one
-        shutil.rmtree(run_dir / "node_states", ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)  # the nodes forget state of rounds the run (re)starts from themselves
     config = ",".join(str(Path(c).resolve()) if Path(c).exists() else c for c in args.config.split(","))
     work = Path(tempfile.mkdtemp(prefix="lit_fed_flower_"))
     logs = Path(args.logs).resolve() if args.logs else work / "logs"
@@ -140,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"overrides={toml_string(args.overrides)}",
                 f"run-dir={toml_string(str(run_dir))}",
                 f"resume-from={toml_string(str(Path(args.resume_from).resolve()) if args.resume_from else '')}",
+                f"reply-timeout={args.reply_timeout}",
             ]
         )
         command = ["flwr", "run", str(HERE), "local-deployment", "--stream", "--run-config", run_config]

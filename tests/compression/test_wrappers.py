@@ -181,7 +181,7 @@ def test_download_compression_refuses_the_asynchronous_loop():
 
 def test_label_counts_travel_dense_and_keys_without_reference_go_dense():
     callback = CompressUpload(TopK(0.5, exact=True))
-    loop = types.SimpleNamespace(seed=0, client=object(), rounds=1, global_state={"w": torch.zeros(8, 8)})
+    loop = types.SimpleNamespace(seed=0, client=object(), round=0, rounds=1, global_state={"w": torch.zeros(8, 8)})
     callback.on_round_start(loop, 0)
     message = ServerMessage(round=0, client_id=0, state={"w": torch.zeros(8, 8)})
     update = ClientUpdate(

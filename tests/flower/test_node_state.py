@@ -47,7 +47,18 @@ def test_directory_state_discards_versions_from_a_round(tmp_path):
     for client in (0, 1):
         for rnd in range(4):
             store.save(client, rnd, {"w": torch.tensor(float(rnd))})
-    store.discard_from(2)
+    store.discard_from(1, 2)
     assert sorted(p.name for p in (tmp_path / "client_1").iterdir()) == ["r0.pt", "r1.pt"]
-    store.discard_from(0)
-    assert store.load(0, before_round=10) is None and store.load(1, before_round=10) is None
+    assert len(list((tmp_path / "client_0").iterdir())) == 4  # another client's versions are untouched
+    store.discard_from(0, 0)
+    assert store.load(0, before_round=10) is None and store.load(1, before_round=10)["w"] == 1.0
+
+
+def test_context_state_discards_a_version_from_a_round():
+    store = ContextState(context(**{"partition-id": 0}))
+    store.save(3, 4, {"w": torch.tensor(4.0)})
+    store.discard_from(3, 5)
+    assert store.load(3, before_round=10)["w"] == 4.0
+    store.discard_from(3, 4)
+    assert store.load(3, before_round=10) is None
+    store.discard_from(3, 0)  # nothing left: no error

@@ -11,12 +11,13 @@ from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict  # noqa: E40
 from lit_fed.client.payloads import ClientUpdate, FeatureStatistics, ServerMessage  # noqa: E402
 from lit_fed.flower.records import (  # noqa: E402
     RAW_STYPE,
-    evaluate_instruction,
+    ModelInstruction,
     evaluation_to_recorddict,
     message_to_recorddict,
-    read_evaluate_instruction,
+    model_instruction_to_recorddict,
     recorddict_to_evaluation,
     recorddict_to_message,
+    recorddict_to_model_instruction,
     recorddict_to_update,
     tensor_to_array,
     update_to_recorddict,
@@ -151,11 +152,18 @@ def test_evaluation_round_trips_as_mergeable_metric_states():
         assert torch.equal(back.class_stats.compute(), stats.compute())
 
 
-def test_evaluate_instruction_round_trips():
-    state = tensors()
-    rnd, cid, back = read_evaluate_instruction(over_the_wire(evaluate_instruction(3, 1, state)))
-    assert (rnd, cid) == (3, 1)
-    assert_same_tensors(back, state)
+def test_model_instruction_round_trips_with_its_personal_overlay():
+    state, overlay = tensors(), {"w": torch.randn(2, 3), "marker": torch.tensor(4)}
+    back = recorddict_to_model_instruction(
+        over_the_wire(model_instruction_to_recorddict(ModelInstruction(3, 1, state, overlay)))
+    )
+    assert (back.round, back.client_id) == (3, 1)
+    assert_same_tensors(back.global_state, state)
+    assert_same_tensors(back.overlay, overlay)
+    plain = recorddict_to_model_instruction(
+        over_the_wire(model_instruction_to_recorddict(ModelInstruction(0, 2, state)))
+    )
+    assert plain.overlay == {}
 
 
 def test_foreign_content_is_rejected_with_a_clear_error():

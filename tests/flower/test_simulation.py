@@ -10,9 +10,11 @@ pytest.importorskip("ray")
 import torch  # noqa: E402
 
 from lit_fed.client.module import FederatedClient  # noqa: E402
-from lit_fed.client.split import Head  # noqa: E402
+from lit_fed.client.split import BatchNorm, Head, Modules  # noqa: E402
+from lit_fed.compression import CompressUpload, TopK  # noqa: E402
 from lit_fed.flower import FlowerSimulation  # noqa: E402
 from lit_fed.loop.checkpoint import load_checkpoint  # noqa: E402
+from lit_fed.methods import HypernetworkClient, PFedHN  # noqa: E402
 from lit_fed.models import TinyCNN  # noqa: E402
 from lit_fed.trainer import FederatedTrainer  # noqa: E402
 
@@ -104,3 +106,50 @@ def test_a_failing_client_fails_the_run_loudly_naming_it(datamodule_factory, tmp
     )
     with pytest.raises(RuntimeError, match=r"(?s)Flower train on client \d failed: .*Precision 'bogus' is invalid"):
         trainer.fit(make_client(), datamodule=datamodule_factory(num_clients=2))
+
+
+def test_hypernetwork_and_upload_residuals_match_the_sequential_loop_across_ray_actors(datamodule_factory, tmp_path):
+    """A hypernetwork-generated conv layer, a private BatchNorm, a shared head uploaded with top-k compression and
+    error feedback; 2 Ray actors, 3 rounds. The generated tensors reach each node for evaluation (the strategy's
+    personal overlay) and each client's residual follows it to whichever actor trains it next (kept with its personal
+    state on the node), so every number equals the sequential run's."""
+
+    def run(backend, run_dir):
+        torch.manual_seed(0)
+        optimizer = functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9)
+        # the hypernetwork generates the conv layer, BatchNorm is private (FedBN), the head is shared and compressed
+        backbone = TinyCNN(in_channels=1, num_classes=4)
+        client = HypernetworkClient(
+            backbone, generated=[Modules(["backbone.conv"])], personal=[BatchNorm()], optimizer=optimizer
+        )
+        upload = CompressUpload(TopK(sparsity=0.9), residual=True, dense_extras=True)
+        trainer = FederatedTrainer(
+            rounds=3,
+            local_steps=3,
+            server=PFedHN(hidden_dim=16),
+            round_callbacks=[upload],
+            backend=backend,
+            run_dir=str(run_dir),
+            progress=False,
+            accelerator="cpu",
+            devices=1,
+        )
+        trainer.fit(client, datamodule=datamodule_factory(num_clients=2))
+        return trainer.federated_result, upload
+
+    sequential, sequential_upload = run("sequential", tmp_path / "seq")
+    simulated, _ = run(flower(), tmp_path / "flower")
+    assert_same_run(simulated.global_state, sequential.global_state, simulated.history, sequential.history)
+    for key in ("hn_grad_norm", "compression_ratio_up", "mb_up_dense"):
+        for got, want in zip(simulated.history, sequential.history, strict=True):
+            assert got[key] == pytest.approx(want[key], rel=1e-5), key
+    assert sequential.history[-1]["compression_ratio_up"] > 1.5
+    for cid in (0, 1):  # the node kept BatchNorm and the residual; the residual equals the sequential callback's
+        saved = torch.load(tmp_path / f"flower/node_states/client_{cid}/r2.pt", weights_only=True)
+        assert {"backbone.bn.weight", "backbone.bn.running_mean"} <= set(saved)
+        assert not {"backbone.conv.weight", "backbone.fc.weight"} & set(saved)  # generated / shared
+        residual = {k.split(".", 3)[3]: v for k, v in saved.items() if k.startswith("lit_fed.callback.0.")}
+        expected = sequential_upload.store.get(cid)
+        assert residual and set(residual) == set(expected)
+        for key, value in expected.items():
+            torch.testing.assert_close(residual[key], value, rtol=1e-5, atol=1e-6)

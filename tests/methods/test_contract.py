@@ -12,12 +12,17 @@ objects for 2 rounds with 2 clients on tiny data. For every method:
 3. the shared state a client starts a fit with is the server's global state when it sent the message (exactly;
    after lossy download compression, the reconstruction the client received);
 4. a run resumed from its round-0 checkpoint ends in the same global, strategy, client-store and callback state and
-   the same metrics as the uninterrupted run, bit for bit.
+   the same metrics as the uninterrupted run, bit for bit;
+5. under Flower's message handling (every message through Flower records and protobuf bytes, answered by the
+   ClientApp's handlers on a pickled copy of the client side, personal and callback client-side state kept on the
+   node; :class:`~lit_fed.flower.InProcessRunner`) the run is the same, bit for bit, and so is a run resumed from
+   its round-0 checkpoint with the node's state directory. (Asynchronous mode is in-process only.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +37,7 @@ from lit_fed.cli import build_cli
 from lit_fed.client.payloads import ServerMessage, StateDict
 from lit_fed.compression import CompressDownload
 from lit_fed.loop import FederatedLoop, LoopCallback
-from lit_fed.methods.pfedhn import GENERATED_MARKER, GeneratedStateStore
+from lit_fed.loop.async_loop import AsyncFederatedLoop
 
 ROOT = Path(__file__).resolve().parents[2]
 METHOD_CONFIGS = sorted((ROOT / "configs/method").glob("*.yaml"))
@@ -166,7 +171,11 @@ class RecordFitStart(Callback):
         key = (pl_module.current_round, pl_module.client_id)
         if key not in self.records.start_shared:
             self.records.start_shared[key] = pl_module.shared_state()
-            self.records.start_personal.setdefault(key[1], []).append(pl_module.personal_state())
+            # the personal part it trains from: what it keeps, plus a hypernetwork's generated tensors it received
+            generated = getattr(pl_module, "generated_keys", list)()
+            tensors = pl_module.state_dict()
+            start = {**pl_module.personal_state(), **{k: tensors[k].detach().clone() for k in generated}}
+            self.records.start_personal.setdefault(key[1], []).append(start)
             self.records.start_keys.setdefault(key[1], []).append(key)
 
 
@@ -281,7 +290,7 @@ def test_runs_two_rounds_with_finite_metrics(name, full_run):
 
 def generated_keys(loop: FederatedLoop) -> set[str]:
     """Personal keys a hypernetwork generates for each client every round (never kept by the client)."""
-    return set(loop.client.generated_keys()) if isinstance(loop.state_store, GeneratedStateStore) else set()
+    return set(loop.client.generated_keys()) if hasattr(loop.client, "generated_keys") else set()
 
 
 def without(state: StateDict, keys: set[str]) -> StateDict:
@@ -295,33 +304,43 @@ def test_personal_state_persists_across_rounds(name, full_run):
     clients = range(loop.num_clients)
     for cid in clients:
         assert len(records.kept[cid]) == len(records.start_personal[cid]) >= 2, f"client {cid} trained < 2 times"
+    generated = generated_keys(loop)
+    if generated:
+        # a hypernetwork's tensors are regenerated for the client each round and never kept: the ones a client
+        # trains from are those sent, and the ones it is evaluated with are h(v_c; φ) for the current φ
+        for cid in clients:
+            for fit, key in enumerate(records.start_keys[cid]):
+                sent = {k: records.delivered[key].extras[k] for k in generated}
+                assert_same(
+                    {k: records.start_personal[cid][fit][k] for k in generated}, sent, f"client {cid} fit {fit}"
+                )
+            assert not generated & set(loop.state_store.get(cid) or {}), f"client {cid}: generated tensors stored"
+            loop.load_client(cid)
+            tensors, current = loop.client.state_dict(), loop.strategy.generate([cid])
+            assert_same({k: tensors[k] for k in generated}, {k: current[k][0] for k in generated}, f"client {cid}")
     if not any(state for fits in records.kept.values() for state in fits):
-        # no personal state (FedAvg family): nothing is stored, and every client's model is the global one
+        # nothing kept (FedAvg family, pFedHN): nothing is stored, and every client's model is the global one plus
+        # what the server generates for it
         assert not loop.initial_personal
         assert all(loop.state_store.get(cid) is None for cid in clients)
         loop.load_client(None)
-        global_model = clone(loop.client.state_dict())
+        global_model = without(clone(loop.client.state_dict()), generated)
         for cid in clients:
             loop.load_client(cid)
-            assert_same(clone(loop.client.state_dict()), global_model, f"client {cid}'s model")
+            assert_same(without(clone(loop.client.state_dict()), generated), global_model, f"client {cid}'s model")
         return
-    generated = generated_keys(loop)
     for cid in clients:
         starts, kept = records.start_personal[cid], records.kept[cid]
         # the first fit starts from the initial personal state (MOON: none yet) ...
-        assert_same(without(starts[0], generated), without(loop.initial_personal, generated), f"client {cid} fit 0")
+        assert_same(without(starts[0], generated), loop.initial_personal, f"client {cid} fit 0")
         for fit in range(1, len(starts)):
             # ... and every later fit from what the client kept after its previous one
-            assert_same(without(starts[fit], generated), without(kept[fit - 1], generated), f"client {cid} fit {fit}")
-        # a hypernetwork's tensors are regenerated for the client each round: the ones it starts with are those sent
-        for fit, key in enumerate(records.start_keys[cid]):
-            sent = {k: records.delivered[key].extras[k] for k in generated}
-            assert_same({k: starts[fit][k] for k in generated}, sent, f"client {cid} fit {fit}, generated")
+            assert_same(without(starts[fit], generated), kept[fit - 1], f"client {cid} fit {fit}")
         # the store holds what the client kept after its last fit
         stored = loop.state_store.get(cid)
         assert stored is not None, f"client {cid}: nothing stored"
-        assert_same(without(stored, generated | {GENERATED_MARKER}), without(kept[-1], generated), f"store {cid}")
-    final = [without(loop.state_store.get(cid), {GENERATED_MARKER}) for cid in clients]
+        assert_same(stored, kept[-1], f"store {cid}")
+    final = [loop.state_store.get(cid) for cid in clients]
     assert final[0] and set(final[0]) == set(final[1]), "the clients' personal states have different keys"
     schedule = getattr(loop.client, "schedule", None)
     if schedule is not None and all(phase.train == "shared" for phase in schedule.phases):
@@ -369,3 +388,61 @@ def test_resume_from_round_checkpoint_is_bit_exact(name, full_run, tmp_path):
     assert_same(a, b, name)
     for cid in range(full.loop.num_clients):
         assert_same(clone(full.loop.state_store.get(cid)), clone(resumed.state_store.get(cid)), f"client {cid}")
+
+
+# -- 5. the same run under Flower's message handling -----------------------------------------------------------
+FLOWER = importlib.util.find_spec("flwr") is not None
+
+
+def run_under_flower(name: str, run_dir: Path, state_dir: Path, resume_from: Path | None = None) -> FederatedLoop:
+    from lit_fed.flower import InProcessRunner
+
+    cli = build_cli(args=cli_args(name, run_dir), run=False)
+    loop = cli.trainer.build_loop(cli.model, cli.datamodule)
+    if isinstance(loop, AsyncFederatedLoop):
+        pytest.skip("asynchronous mode runs in process only; the Flower backends refuse it")
+    loop.runner = InProcessRunner(loop, state_dir)
+    loop.run(resume_from=resume_from)
+    return loop
+
+
+def without_client_stores(payload: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint payload without the client-side state (on the nodes under Flower) and stateless callbacks."""
+    callbacks = [{k: v for k, v in state.items() if k != "store"} for state in payload["callbacks"] if state]
+    kept = {k: v for k, v in payload.items() if k not in ("store", "callbacks", "history")}
+    return {**kept, "callbacks": callbacks, "history": without_timing(payload["history"])}
+
+
+def assert_node_holds_the_client_state(sequential: FederatedLoop, state_dir: Path) -> None:
+    """The node's saved state of each client = the sequential store's personal state + the callbacks' stores."""
+    from lit_fed.flower import DirectoryState
+    from lit_fed.flower.client_app import CALLBACK_PREFIX
+
+    nodes = DirectoryState(state_dir)
+    for cid in range(sequential.num_clients):
+        expected = dict(sequential.state_store.get(cid) or {})
+        for index, callback in enumerate(sequential.callbacks):
+            store = getattr(callback, "store", None)
+            if store is not None and store.get(cid):
+                if type(callback).client_state is LoopCallback.client_state:
+                    continue  # server-side per-client state (download compression's reconstructions)
+                expected.update({f"{CALLBACK_PREFIX}{index}.{k}": v for k, v in store.get(cid).items()})
+        assert_same(nodes.load(cid, before_round=ROUNDS) or {}, expected, f"node of client {cid}")
+
+
+@pytest.mark.skipif(not FLOWER, reason="needs Flower: pip install 'lit_fed[flower]'")
+@pytest.mark.parametrize("name", IDS)
+def test_flower_message_handling_gives_the_same_run(name, full_run, tmp_path):
+    sequential = full_run(name).loop
+    flower = run_under_flower(name, tmp_path / "run", tmp_path / "node_states")
+    messages = flower.runner.messages  # type: ignore[attr-defined]
+    assert messages.count("train") == ROUNDS * flower.num_clients, messages  # the clients trained on the node
+    expected = without_client_stores(sequential.checkpoint_payload(ROUNDS - 1))
+    assert_same(without_client_stores(flower.checkpoint_payload(ROUNDS - 1)), expected, f"{name} under Flower")
+    assert_node_holds_the_client_state(sequential, tmp_path / "node_states")
+    # resumed from round 0 with the node's state directory: the node forgets round 1 and re-runs it identically
+    resumed = run_under_flower(
+        name, tmp_path / "resumed", tmp_path / "node_states", resume_from=tmp_path / "run/checkpoints/round_00000.ckpt"
+    )
+    assert_same(without_client_stores(resumed.checkpoint_payload(ROUNDS - 1)), expected, f"{name} resumed under Flower")
+    assert_node_holds_the_client_state(sequential, tmp_path / "node_states")

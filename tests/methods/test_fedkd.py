@@ -115,7 +115,9 @@ def test_svd_upload_keeps_the_smallest_rank_above_the_energy_and_reports_the_fac
     threshold = energy_schedule(3, rounds)  # T(t) = 0.95 + (3/10)(0.98 - 0.95)
     assert threshold == pytest.approx(0.959)
     upload = CompressUpload(SVD(0.95, 0.98), residual=False)
-    loop = types.SimpleNamespace(global_state=message.state, rounds=rounds, seed=0, run_dir=None, progress=False)
+    loop = types.SimpleNamespace(
+        global_state=message.state, round=3, rounds=rounds, seed=0, run_dir=None, progress=False
+    )
     upload.on_round_start(loop, 3)
     sent = upload.client_update(loop, update, message)
     wire = upload.last_wire

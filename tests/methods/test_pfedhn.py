@@ -9,7 +9,6 @@ from lit_fed import FederatedLoop
 from lit_fed.cli import build_cli
 from lit_fed.client.payloads import ClientUpdate
 from lit_fed.methods import (
-    GeneratedStateStore,
     Hypernetwork,
     HypernetworkStrategy,
     PFedHN,
@@ -148,7 +147,7 @@ def test_never_trained_clients_are_evaluated_with_generated_weights(datamodule_f
     result = loop.run()
     trained = set(loop.sampler.sample(0).reporting)
     untrained = [c for c in range(4) if c not in trained]
-    assert untrained and isinstance(loop.state_store, GeneratedStateStore)
+    assert untrained
     strategy, client = loop.strategy, loop.client
     assert result.global_state[VERSION_KEY].item() == strategy.version == 1
     for cid in range(4):
@@ -156,7 +155,7 @@ def test_never_trained_clients_are_evaluated_with_generated_weights(datamodule_f
         generated = strategy.generate([cid])
         for key in client.generated_keys():
             torch.testing.assert_close(client.state_dict()[key], generated[key][0])
-        stored = loop.state_store.base.get(cid)
+        stored = loop.state_store.get(cid)
         if cid in trained:  # only the private head is stored
             assert set(stored) == {"backbone.fc.weight", "backbone.fc.bias"}
             torch.testing.assert_close(client.backbone.fc.weight, stored["backbone.fc.weight"])
@@ -201,7 +200,7 @@ def test_a_restored_checkpoint_evaluates_with_the_hypernetwork(datamodule_factor
     expected = result.history[-1]["personal_acc"]
     assert {"hn_grad_norm", "hn_delta_norm"} <= set(result.history[-1])  # the server step's metrics join the round
     fresh = make_loop(datamodule_factory(num_clients=4), tmp_path, private_head=True, rounds=2)
-    fresh.setup()  # Strategy.bind builds the hypernetwork and installs the generated-state view
+    fresh.setup()  # Strategy.bind builds the hypernetwork
     fresh.restore(tmp_path / "checkpoints/last.ckpt")
     assert fresh.evaluate()["personal_acc"] == pytest.approx(expected)
 
@@ -209,7 +208,7 @@ def test_a_restored_checkpoint_evaluates_with_the_hypernetwork(datamodule_factor
 def test_evaluation_without_the_generated_tensors_fails_loudly(datamodule_factory):
     client = make_client(private_head=False)
     client.load_personal_state(client.personal_state())  # a plain store's state: no generated tensors supplied
-    with pytest.raises(RuntimeError, match="bind_hypernetwork"):
+    with pytest.raises(RuntimeError, match="personal_overlay"):
         client.predict_logits(torch.zeros(2, 1, 8, 8))
     strategy = PFedHN()
     with pytest.raises(RuntimeError, match="not built"):
