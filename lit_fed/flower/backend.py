@@ -30,7 +30,6 @@ from typing_extensions import override
 from lit_fed.flower.client_app import make_client_app
 from lit_fed.flower.node_state import DirectoryState
 from lit_fed.flower.server_app import make_server_app
-from lit_fed.loop.async_loop import AsyncFederatedLoop
 from lit_fed.loop.backend import Backend
 from lit_fed.loop.callbacks import LoopCallback
 from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
@@ -159,8 +158,6 @@ class FlowerSimulation(Backend):
         import ray
         from flwr.simulation import run_simulation
 
-        if isinstance(loop, AsyncFederatedLoop):
-            raise ValueError("backend flower-simulation runs synchronous rounds; asynchronous mode is sequential-only")
         stateful = _stateful_client_callbacks(loop.callbacks)
         if stateful:
             log.warning(

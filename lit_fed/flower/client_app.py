@@ -15,8 +15,8 @@ per-client Trainer settings, loop callbacks — the same objects the in-process 
   replying with mergeable metric states;
 * ``query.feature_statistics``: the loop's
   :meth:`~lit_fed.loop.federated_loop.FederatedLoop.client_feature_statistics` (CCVR's client step);
-* ``query.begin``: a run starts at round ``r``: forget the personal-state versions of rounds ``>= r`` (all of them
-  for a fresh run; those after the checkpoint for a resumed one);
+* ``query.begin``: a run starts: forget the client's state versions the run will write again (all of them for a
+  fresh run; those after the checkpoint for a resumed one);
 * ``query``: which client this node hosts (without building the loop).
 """
 
@@ -35,6 +35,7 @@ from lit_fed.client.payloads import ClientUpdate, StateDict
 from lit_fed.flower.node_state import ContextState, DirectoryState, NodeState
 from lit_fed.flower.records import (
     evaluation_to_recorddict,
+    read_bookkeeping,
     recorddict_to_message,
     recorddict_to_model_instruction,
     update_to_recorddict,
@@ -50,7 +51,8 @@ STATE_DIR = "state-dir"
 FEATURE_STATISTICS = f"{MessageType.QUERY}.feature_statistics"
 """Message type asking a node for its client's per-class feature statistics (CCVR)."""
 BEGIN = f"{MessageType.QUERY}.begin"
-"""Message type telling a node that a run starts at a round (``lit_fed`` config record: ``start_round``)."""
+"""Message type telling a node that a run starts (``lit_fed`` config record: ``keep_before``, the client's first
+state version the run will write)."""
 CALLBACK_PREFIX = "lit_fed.callback."
 """Key prefix of the loop callbacks' client-side state in a node's saved state (``lit_fed.callback.<index>.<key>``)."""
 
@@ -85,30 +87,30 @@ class Node:
             kept = {k.removeprefix(prefix): v for k, v in saved.items() if k.startswith(prefix)}
             callback.load_client_state(self.client_id, kept, before_round)
 
-    def save(self, round: int) -> None:
-        """Saves the client's personal state and its callbacks' client-side state after ``round``."""
+    def save(self, version: int, keep_from: int | None = None) -> None:
+        """Saves the client's personal state and its callbacks' client-side state as ``version``."""
         state: StateDict = dict(self.loop.state_store.get(self.client_id) or {})
         for index, callback in enumerate(self.loop.callbacks):
             state.update({f"{CALLBACK_PREFIX}{index}.{k}": v for k, v in callback.client_state(self.client_id).items()})
         if state:
-            self.store.save(self.client_id, round, state)
+            self.store.save(self.client_id, version, state, keep_from=keep_from)
 
 
 def answer_train(node: Node, content: RecordDict) -> RecordDict:
     """Trains the hosted client on a train instruction; replies with its update."""
-    message = recorddict_to_message(content)
+    message, bookkeeping = recorddict_to_message(content), read_bookkeeping(content)
     node.check(message.client_id)
-    node.restore(message.round)
-    node.loop.round = message.round  # round-dependent client-side hooks (a compressor's schedule) read it
+    node.restore(bookkeeping.state_version)
+    node.loop.round = bookkeeping.round  # round-dependent client-side hooks (a compressor's schedule) read it
     update = node.loop.train_client(message)
-    node.save(message.round)
+    node.save(bookkeeping.state_version, bookkeeping.keep_from)
     return update_to_recorddict(update)
 
 
 def _load_model(node: Node, content: RecordDict) -> tuple[int, StateDict]:
     instruction = recorddict_to_model_instruction(content)
     node.check(instruction.client_id)
-    node.restore(instruction.round + 1)
+    node.restore(instruction.round + 1 if instruction.state_before is None else instruction.state_before)
     node.loop.global_state, node.loop.round = instruction.global_state, instruction.round
     return instruction.round, instruction.overlay
 
@@ -129,9 +131,9 @@ def answer_feature_statistics(node: Node, content: RecordDict) -> RecordDict:
 
 
 def answer_begin(node: Node, content: RecordDict) -> RecordDict:
-    """Forgets the hosted client's saved states of rounds ``>= start_round`` (the run starts there)."""
-    start = int(content.config_records["lit_fed"]["start_round"])  # type: ignore[arg-type]
-    node.store.discard_from(node.client_id, start)
+    """Forgets the hosted client's saved state versions ``>= keep_before`` (written after where the run starts)."""
+    keep_before = int(content.config_records["lit_fed"]["keep_before"])  # type: ignore[arg-type]
+    node.store.discard_from(node.client_id, keep_before)
     return RecordDict({"lit_fed": ConfigRecord({"client_id": node.client_id})})
 
 

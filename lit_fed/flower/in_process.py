@@ -17,15 +17,18 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Sequence
+from typing import Any
 
-from flwr.app import RecordDict
+from flwr.app import MessageType, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from typing_extensions import override
 
+from lit_fed.client.payloads import ClientUpdate, ServerMessage
 from lit_fed.flower.backend import build_node_loop, node_loop_kwargs
 from lit_fed.flower.client_app import NODE_ANSWERS, Node
 from lit_fed.flower.node_state import DirectoryState
+from lit_fed.flower.records import recorddict_to_update
 from lit_fed.flower.server_app import FlowerRunner
 from lit_fed.loop.federated_loop import FederatedLoop
 
@@ -40,15 +43,19 @@ def over_the_wire(content: RecordDict) -> RecordDict:
 class InProcessRunner(FlowerRunner):
     """Flower's message handling for ``loop``'s clients, in this process.
 
+    In asynchronous mode a submitted client trains at once (as on a Flower node, before the server's virtual clock
+    reaches its arrival) and :meth:`collect` returns its reply.
+
     Args:
         loop: The server loop (its client side is copied for the node, as Ray would).
-        state_dir: The node-state directory (personal and callback client-side state, versioned by round).
+        state_dir: The node-state directory (personal and callback client-side state, versioned).
+        keep: Versions the directory keeps per client when the server does not say which a resume needs.
 
     Attributes:
         messages: The message type of every message sent, in order.
     """
 
-    def __init__(self, loop: FederatedLoop, state_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, loop: FederatedLoop, state_dir: str | os.PathLike[str], keep: int = 3) -> None:
         super().__init__(grid=None)  # type: ignore[arg-type]
         try:
             shipped = pickle.dumps(node_loop_kwargs(loop))
@@ -59,7 +66,7 @@ class InProcessRunner(FlowerRunner):
                 "or functools.partial instead of lambdas (e.g. for optimizer factories)"
             ) from error
         self.node_loop = build_node_loop(pickle.loads(shipped))
-        self.store = DirectoryState(state_dir)
+        self.store = DirectoryState(state_dir, keep=keep)
         self.messages: list[str] = []
         self._set_up = False
 
@@ -79,3 +86,13 @@ class InProcessRunner(FlowerRunner):
             node = Node(self.node_loop, self.store, cid)
             replies.append(over_the_wire(NODE_ANSWERS[message_type](node, over_the_wire(content))))
         return replies
+
+    @override
+    def submit(self, loop: FederatedLoop, message: ServerMessage, *, state_version: int, round: int) -> Any:
+        content = self.train_content(loop, message, state_version, round)
+        (reply,) = self.round_trip([(message.client_id, content)], MessageType.TRAIN, round)
+        return reply
+
+    @override
+    def collect(self, loop: FederatedLoop, handle: Any) -> ClientUpdate:
+        return loop.receive_update(recorddict_to_update(handle))

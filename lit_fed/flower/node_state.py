@@ -31,8 +31,12 @@ class NodeState(ABC):
         """The newest state saved in a round ``< before_round``, or ``None`` (the client never trained)."""
 
     @abstractmethod
-    def save(self, client_id: int, round: int, state: StateDict) -> None:
-        """Stores the client's state after ``round``."""
+    def save(self, client_id: int, round: int, state: StateDict, keep_from: int | None = None) -> None:
+        """Stores the client's state as version ``round``.
+
+        ``keep_from``: a resume may still need the versions from it on and the newest one below it (the server
+        says so); older ones may go. ``None``: the store's own policy.
+        """
 
     @abstractmethod
     def discard_from(self, client_id: int, round: int) -> None:
@@ -54,7 +58,7 @@ class ContextState(NodeState):
         return record_to_state(state.array_records[arrays])
 
     @override
-    def save(self, client_id: int, round: int, state: StateDict) -> None:
+    def save(self, client_id: int, round: int, state: StateDict, keep_from: int | None = None) -> None:
         self.context.state[f"lit_fed.personal.{client_id}"] = state_to_record(state)
         self.context.state[f"lit_fed.personal_round.{client_id}"] = ConfigRecord({"round": round})
 
@@ -68,12 +72,14 @@ class ContextState(NodeState):
 
 
 class DirectoryState(NodeState):
-    """Personal state as ``<directory>/client_<id>/r<round>.pt`` files; the newest ``keep`` versions are kept.
+    """Personal state as ``<directory>/client_<id>/r<round>.pt`` files, versioned.
+
+    After each save, the versions a resume from a kept round checkpoint may need stay (the server's ``keep_from``:
+    every version from it on and the newest below it); without that information, the newest ``keep``.
 
     Args:
         directory: The node's client-state directory (created if absent).
-        keep: Versions kept per client (older ones are deleted after each save); resuming from a round checkpoint
-            needs the version current at that round, so keep at least as many as round checkpoints are kept.
+        keep: Versions kept per client when a save does not say which a resume needs.
     """
 
     def __init__(self, directory: str | os.PathLike[str], keep: int = 3) -> None:
@@ -102,12 +108,17 @@ class DirectoryState(NodeState):
                 path.unlink(missing_ok=True)
 
     @override
-    def save(self, client_id: int, round: int, state: StateDict) -> None:
+    def save(self, client_id: int, round: int, state: StateDict, keep_from: int | None = None) -> None:
         path = self.directory / f"client_{client_id}" / f"r{round}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp)
         os.replace(tmp, path)
         versions = self._versions(client_id)
-        for _, old in versions[: max(0, len(versions) - self.keep)]:
+        if keep_from is None:
+            stale = versions[: max(0, len(versions) - self.keep)]
+        else:  # everything from keep_from on, and the newest version below it
+            below = [version for version in versions if version[0] < keep_from]
+            stale = below[:-1]
+        for _, old in stale:
             old.unlink(missing_ok=True)

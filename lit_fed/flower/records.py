@@ -6,7 +6,8 @@ with stype :data:`RAW_STYPE`. Layout of a Flower message's :class:`~flwr.app.Rec
 
 * train instruction (:class:`~lit_fed.client.payloads.ServerMessage`): ``state`` and ``extras``
   (:class:`~flwr.app.ArrayRecord`), ``config`` (:class:`~flwr.app.ConfigRecord`), ``lit_fed`` (round, client id,
-  wire size; config values a ConfigRecord cannot hold — ``None``, dicts, nested lists — as JSON).
+  wire size, the node's :class:`NodeBookkeeping`; config values a ConfigRecord cannot hold — ``None``, dicts,
+  nested lists — as JSON).
 * train reply (:class:`~lit_fed.client.payloads.ClientUpdate`): ``state``, ``extras``, ``metrics``
   (:class:`~flwr.app.MetricRecord`), optional ``label_counts`` and ``feature_stats``, ``lit_fed`` (client id,
   round, sample count, wire size).
@@ -96,10 +97,32 @@ def _meta(content: RecordDict, what: str) -> ConfigRecord:
 
 
 # -- server message ------------------------------------------------------------------------------------------
-def message_to_recorddict(message: ServerMessage) -> RecordDict:
-    """The Flower content of a train instruction."""
+@dataclass
+class NodeBookkeeping:
+    """How the node files a train instruction's client state (``lit_fed`` config record of the instruction).
+
+    Attributes:
+        state_version: The version the client's new personal state is kept under; its previous state is its newest
+            of a lower version (synchronous rounds: the round; asynchronous mode: the dispatch index).
+        round: The server's round, which client-side hooks read as ``loop.round``.
+        keep_from: Versions a resume may still need start here (the node keeps them and the newest one below);
+            ``None``: the node's own pruning policy.
+    """
+
+    state_version: int
+    round: int
+    keep_from: int | None = None
+
+
+def message_to_recorddict(message: ServerMessage, bookkeeping: NodeBookkeeping | None = None) -> RecordDict:
+    """The Flower content of a train instruction (``bookkeeping`` defaults to the message's round for both)."""
     config, other = _config_records(message.config)
     meta = ConfigRecord({"round": message.round, "client_id": message.client_id})
+    if bookkeeping is not None:
+        meta["state_version"] = bookkeeping.state_version
+        meta["server_round"] = bookkeeping.round
+        if bookkeeping.keep_from is not None:
+            meta["keep_from"] = bookkeeping.keep_from
     if message.wire_nbytes is not None:
         meta["wire_nbytes"] = message.wire_nbytes
     if other:
@@ -118,6 +141,17 @@ def message_to_recorddict(message: ServerMessage) -> RecordDict:
             "config": config,
             _META: meta,
         }
+    )
+
+
+def read_bookkeeping(content: RecordDict) -> NodeBookkeeping:
+    """The :class:`NodeBookkeeping` of a train instruction."""
+    meta = _meta(content, "train instruction")
+    round = int(meta["round"])  # type: ignore[arg-type]
+    return NodeBookkeeping(
+        state_version=int(meta.get("state_version", round)),  # type: ignore[arg-type]
+        round=int(meta.get("server_round", round)),  # type: ignore[arg-type]
+        keep_from=int(meta["keep_from"]) if "keep_from" in meta else None,  # type: ignore[arg-type]
     )
 
 
@@ -197,12 +231,14 @@ class ModelInstruction:
         client_id: The client.
         global_state: The server's global state.
         overlay: The strategy's personal overlay for the client (hypernetwork-generated tensors), possibly empty.
+        state_before: The client's personal state is its newest version below this (``None``: ``round + 1``).
     """
 
     round: int
     client_id: int
     global_state: StateDict
     overlay: StateDict = field(default_factory=dict)
+    state_before: int | None = None
 
 
 def model_instruction_to_recorddict(instruction: ModelInstruction) -> RecordDict:
@@ -211,7 +247,15 @@ def model_instruction_to_recorddict(instruction: ModelInstruction) -> RecordDict
         {
             "state": state_to_record(instruction.global_state),
             "overlay": state_to_record(instruction.overlay),
-            _META: ConfigRecord({"round": instruction.round, "client_id": instruction.client_id}),
+            _META: ConfigRecord(
+                {
+                    "round": instruction.round,
+                    "client_id": instruction.client_id,
+                    "state_before": instruction.round + 1
+                    if instruction.state_before is None
+                    else instruction.state_before,
+                }
+            ),
         }
     )
 
@@ -224,6 +268,7 @@ def recorddict_to_model_instruction(content: RecordDict) -> ModelInstruction:
         client_id=int(meta["client_id"]),  # type: ignore[arg-type]
         global_state=record_to_state(content.array_records["state"]),
         overlay=record_to_state(content.array_records.get("overlay", ArrayRecord())),
+        state_before=int(meta.get("state_before", int(meta["round"]) + 1)),  # type: ignore[arg-type]
     )
 
 

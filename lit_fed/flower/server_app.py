@@ -11,7 +11,9 @@ message per client carrying the strategy's personal overlay for it (hypernetwork
 the client's mergeable metric states, so pooled accuracy is exact; CCVR's statistics are a
 ``query.feature_statistics`` message per client. Before the first round every node is told the round the run starts
 at (``query.begin``), so a fresh run starts without personal state and a resumed one forgets what was written after
-its checkpoint — on every node, wherever it runs.
+its checkpoint — on every node, wherever it runs. In asynchronous mode a dispatched client's train message is pushed
+at once (:meth:`FlowerRunner.submit`) and its reply pulled at the client's virtual arrival
+(:meth:`FlowerRunner.collect`), so the clients in flight train concurrently on their nodes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -28,12 +31,12 @@ from lit_fed.client.payloads import ClientUpdate, ServerMessage
 from lit_fed.flower.client_app import BEGIN, FEATURE_STATISTICS
 from lit_fed.flower.records import (
     ModelInstruction,
+    NodeBookkeeping,
     message_to_recorddict,
     model_instruction_to_recorddict,
     recorddict_to_evaluation,
     recorddict_to_update,
 )
-from lit_fed.loop.async_loop import AsyncFederatedLoop
 from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
 from lit_fed.loop.runner import ClientEvaluation, ClientRunner
 
@@ -118,27 +121,72 @@ class FlowerRunner(ClientRunner):
     # -- the runner ----------------------------------------------------------------------------------------
     @override
     def begin(self, loop: FederatedLoop, start_round: int) -> None:
-        """Connects every client's node and tells each that the run starts at ``start_round``."""
+        """Connects every client's node and tells each which of its client's state versions the run writes anew."""
         if not self.nodes:
             self.connect(loop.num_clients)
-        content = RecordDict({"lit_fed": ConfigRecord({"start_round": start_round})})
-        self.round_trip([(cid, content) for cid in range(loop.num_clients)], BEGIN, start_round)
+        contents = [
+            (cid, RecordDict({"lit_fed": ConfigRecord({"keep_before": loop.node_state_bound(cid)})}))
+            for cid in range(loop.num_clients)
+        ]
+        self.round_trip(contents, BEGIN, start_round)
+
+    @staticmethod
+    def train_content(loop: FederatedLoop, message: ServerMessage, state_version: int, round: int) -> RecordDict:
+        """A prepared message as a train instruction, with how the node files the client's state."""
+        keep_from = loop.node_state_keep_from(message.client_id)
+        return message_to_recorddict(message, NodeBookkeeping(state_version, round, keep_from))
 
     @override
     def train(self, loop: FederatedLoop, messages: Sequence[ServerMessage]) -> list[ClientUpdate]:
         prepared = [loop.prepare_message(message) for message in messages]
-        contents = [(m.client_id, message_to_recorddict(m)) for m in prepared]
-        return [
-            loop.receive_update(recorddict_to_update(r))
-            for r in self.round_trip(contents, MessageType.TRAIN, loop.round)
-        ]
+        contents = [(m.client_id, self.train_content(loop, m, m.round, loop.round)) for m in prepared]
+        replies = self.round_trip(contents, MessageType.TRAIN, loop.round)
+        return [loop.receive_update(recorddict_to_update(reply)) for reply in replies]
+
+    @override
+    def submit(self, loop: FederatedLoop, message: ServerMessage, *, state_version: int, round: int) -> Any:
+        """Pushes the train message to the client's node, which starts training at once; returns the message id."""
+        content = self.train_content(loop, message, state_version, round)
+        outgoing = Message(
+            content, dst_node_id=self.nodes[message.client_id], message_type=MessageType.TRAIN, group_id=str(round)
+        )
+        (message_id,) = self.grid.push_messages([outgoing])
+        return message.client_id, message_id
+
+    @override
+    def collect(self, loop: FederatedLoop, handle: Any) -> ClientUpdate:
+        """Waits for the pushed message's reply (up to ``timeout`` seconds); returns the received update."""
+        client_id, message_id = handle
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            replies = list(self.grid.pull_messages([message_id]))
+            if replies:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"Flower train: no reply for client {client_id} within {self.timeout} s")
+            time.sleep(0.05)
+        (reply,) = replies
+        if reply.has_error():
+            raise RuntimeError(f"Flower train on client {client_id} failed: {reply.error.reason}")
+        return loop.receive_update(recorddict_to_update(reply.content))
 
     @staticmethod
     def model_instructions(loop: FederatedLoop, client_ids: Sequence[int], round: int) -> list[tuple[int, RecordDict]]:
-        """Each client's model after ``round``: the global state and the strategy's personal overlay for it."""
+        """Each client's model after ``round``.
+
+        That is the global state, the strategy's personal overlay for it, and the version bound of its node-kept
+        personal state (:meth:`FederatedLoop.node_state_bound`).
+        """
         return [
-            (cid, model_instruction_to_recorddict(ModelInstruction(round, cid, loop.global_state, overlay)))
-            for cid, overlay in ((cid, loop.strategy.personal_overlay(cid)) for cid in client_ids)
+            (
+                cid,
+                model_instruction_to_recorddict(
+                    ModelInstruction(
+                        round, cid, loop.global_state, loop.strategy.personal_overlay(cid), loop.node_state_bound(cid)
+                    )
+                ),
+            )
+            for cid in client_ids
         ]
 
     @override
@@ -187,8 +235,6 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         loop = factory(context)
-        if isinstance(loop, AsyncFederatedLoop):
-            raise ValueError("the Flower backends run synchronous rounds; asynchronous mode is sequential-only")
         config = context.run_config
         loop.runner = FlowerRunner(
             grid,

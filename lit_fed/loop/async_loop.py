@@ -27,6 +27,12 @@ version counter, the virtual clock and the dispatch counter are part of every ro
 The strategy's aggregator is not used here (each update arrives alone); Byzantine-robust aggregation is a
 synchronous-mode feature. Clients still in flight when the run ends were dispatched (their downloads are
 counted in the last round) but never report.
+
+Where clients train: each dispatch is handed to the loop's runner (:meth:`~lit_fed.loop.runner.ClientRunner.submit`)
+and its update taken at arrival (:meth:`~lit_fed.loop.runner.ClientRunner.collect`). In this process the client
+trains at arrival; under Flower it starts training on its node at dispatch, so the in-flight clients really train
+at the same time — with the same result, since a client's update depends only on its message and its own state.
+Client-side hooks see ``loop.round`` = the round the client was dispatched in.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -186,8 +192,10 @@ class InFlight:
         start_version: The global model version it started from.
         start_time: Virtual time of its dispatch.
         arrival_time: Virtual time its update arrives.
-        seq: Dispatch index (breaks arrival-time ties).
+        seq: Dispatch index (breaks arrival-time ties; the version of the personal state a Flower node keeps).
         message: What it received (its ``state`` is ``x_start``).
+        dispatch_round: The round it was dispatched in (what its client-side hooks see as ``loop.round``).
+        handle: The runner's handle of its training (not checkpointed: a resumed run submits it again).
     """
 
     client_id: int
@@ -196,6 +204,8 @@ class InFlight:
     arrival_time: float
     seq: int
     message: ServerMessage
+    dispatch_round: int = 0
+    handle: Any = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain containers and tensors only, so checkpoints load with ``torch.load(weights_only=True)``."""
@@ -206,6 +216,7 @@ class InFlight:
             "start_time": self.start_time,
             "arrival_time": self.arrival_time,
             "seq": self.seq,
+            "dispatch_round": self.dispatch_round,
             "message": {
                 "round": message.round,
                 "client_id": message.client_id,
@@ -225,6 +236,7 @@ class InFlight:
             arrival_time=float(data["arrival_time"]),
             seq=int(data["seq"]),
             message=ServerMessage(**data["message"]),
+            dispatch_round=int(data.get("dispatch_round", 0)),
         )
 
 
@@ -380,11 +392,24 @@ class AsyncFederatedLoop(FederatedLoop):
         if not (latency > 0 and math.isfinite(latency)):
             raise ValueError(f"latency of client {cid} at version {self.version} must be finite and > 0, got {latency}")
         self.comm.download(message)
-        job = InFlight(cid, self.version, self.clock, self.clock + latency, self.dispatched, message)
+        job = InFlight(cid, self.version, self.clock, self.clock + latency, self.dispatched, message, self.round)
         self.dispatched += 1
         self.dispatched_at_version.add(cid)
         self.in_flight.append(job)
+        self.submit(job)
         return job
+
+    def submit(self, job: InFlight) -> None:
+        """Hands the job to the runner (on Flower, the client starts training now, concurrently with the others)."""
+        job.handle = self.runner.submit(self, job.message, state_version=job.seq, round=job.dispatch_round)
+
+    @override
+    def node_state_bound(self, client_id: int) -> int:
+        """A client in flight counts its versions before its dispatch; any other client, every version so far."""
+        for job in self.in_flight:
+            if job.client_id == client_id:
+                return job.seq
+        return self.dispatched
 
     def _fill(self) -> None:
         while len(self.in_flight) < self.asynchronous.concurrency:
@@ -414,6 +439,9 @@ class AsyncFederatedLoop(FederatedLoop):
         for callback in self.callbacks:
             callback.on_round_start(self, rnd)
         self.comm.start_round()
+        for job in self.in_flight:
+            if job.handle is None:  # restored from a checkpoint: submitted again
+                self.submit(job)
         self._fill()
         accepted: list[ClientUpdate] = []
         staleness: list[int] = []
@@ -421,7 +449,7 @@ class AsyncFederatedLoop(FederatedLoop):
         while arrivals < self.asynchronous.concurrency:
             job = self.next_arrival()
             self.clock = job.arrival_time
-            update = self.receive_update(self.train_client(job.message))
+            update = self.runner.collect(self, job.handle)
             ok, bad = screen_updates([update], self.global_state)
             for _, reason in bad:
                 log.warning(reason)

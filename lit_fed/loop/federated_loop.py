@@ -10,6 +10,7 @@ numbers as an uninterrupted one.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import functools
@@ -286,6 +287,9 @@ class FederatedLoop:
         self.comm = CommunicationMeter()
         self.global_state: StateDict = {}
         self.round = 0
+        self.trained_rounds = 0
+        """Rounds whose client training is done (a client's node-kept state versions below it count)."""
+        self._kept_bounds: collections.deque[dict[int, int]] = collections.deque(maxlen=max(1, keep_checkpoints))
         self.eval_device = self._resolve_eval_device()
         self.runner: ClientRunner = runner if runner is not None else SequentialRunner()
 
@@ -324,6 +328,7 @@ class FederatedLoop:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.loggers: list[Any] = [] if self._loggers is None else list(self._loggers)
+        self.round = self.trained_rounds = 0
         self.strategy.bind(self)
         self._server_personalizes = bool(self.strategy.personal_overlay(0))  # hypernetworks
         self._needs_per_client_eval = (
@@ -331,6 +336,24 @@ class FederatedLoop:
             or type(self.client).personalize is not FederationMixin.personalize
             or self._server_personalizes
         )
+
+    # -- where clients keep their state (Flower nodes) ------------------------------------------------------
+    def node_state_bound(self, client_id: int) -> int:
+        """The versions of ``client_id``'s node-kept personal state that count now are those below this.
+
+        Synchronous rounds version a client's state by the round it trained in, so this is :attr:`trained_rounds`;
+        asynchronous mode versions it by dispatch index. Used for evaluation (the newest version below it) and
+        when a run begins (the versions from it on are forgotten).
+        """
+        return self.trained_rounds
+
+    def node_state_keep_from(self, client_id: int) -> int:
+        """The lowest :meth:`node_state_bound` a resume from a kept round checkpoint would use.
+
+        A node keeps ``client_id``'s versions from it on and the newest one below it, and may delete older ones.
+        Without a kept checkpoint (none written yet, or checkpointing off) this is the current bound.
+        """
+        return self._kept_bounds[0][client_id] if self._kept_bounds else self.node_state_bound(client_id)
 
     # -- one client --------------------------------------------------------------------------------------
     def train_client(self, message: ServerMessage) -> ClientUpdate:
@@ -511,6 +534,7 @@ class FederatedLoop:
 
     def save_checkpoint(self, completed_round: int) -> Path:
         """Writes ``round_<r>.ckpt`` and ``last.ckpt``; returns the latter."""
+        self._kept_bounds.append({cid: self.node_state_bound(cid) for cid in range(self.num_clients)})
         payload = self.checkpoint_payload(completed_round)
         save_checkpoint(payload, round_checkpoint_path(self.checkpoint_dir, completed_round))
         last = self.checkpoint_dir / LAST_NAME
@@ -543,7 +567,9 @@ class FederatedLoop:
             )
         for callback, state in zip(stateful, saved, strict=True):
             callback.load_state_dict(state)
-        return int(payload["round"]) + 1
+        self.round = int(payload["round"])
+        self.trained_rounds = self.round + 1
+        return self.round + 1
 
     # -- logging ---------------------------------------------------------------------------------------
     def _log(self, metrics: dict[str, Any], round: int) -> None:
@@ -586,6 +612,7 @@ class FederatedLoop:
         for cid in participants.dropped:
             log.info("round %d: client %d dropped out (did not report)", rnd, cid)
         updates = self.runner.train(self, messages)
+        self.trained_rounds = rnd + 1
         accepted, rejected = screen_updates(updates, self.global_state)
         for _, reason in rejected:
             log.warning(reason)
@@ -629,6 +656,9 @@ class FederatedLoop:
         self.setup()
         self.strategy.initialize(copy.deepcopy(self.global_state))
         start = self.restore(resume_from) if resume_from is not None else 0
+        self._kept_bounds.clear()
+        if start > 0:  # the checkpoint resumed from is the oldest a later resume of this run can rely on
+            self._kept_bounds.append({cid: self.node_state_bound(cid) for cid in range(self.num_clients)})
         self.runner.begin(self, start)
         if self._loggers is None:  # a resumed run logs into its own version: earlier rounds' logs stay intact
             self.loggers = _default_loggers(self.run_dir, version="" if start == 0 else f"resumed_at_round_{start}")

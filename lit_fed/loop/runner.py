@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torchmetrics.classification import MulticlassAccuracy, MulticlassStatScores
 from typing_extensions import override
@@ -62,6 +62,29 @@ class ClientRunner(ABC):
     @abstractmethod
     def feature_statistics(self, loop: FederatedLoop, client_ids: Sequence[int], round: int) -> list[ClientUpdate]:
         """Each client's per-class feature statistics (:meth:`FederatedLoop.client_feature_statistics`; CCVR)."""
+
+    def submit(self, loop: FederatedLoop, message: ServerMessage, *, state_version: int, round: int) -> Any:
+        """Starts training ``message``'s client now (asynchronous mode); returns a handle for :meth:`collect`.
+
+        ``message`` was already prepared (callbacks, bytes). The client keeps its new personal state under
+        ``state_version`` (the dispatch index; its previous state is its newest of a lower version) and its
+        client-side hooks see ``loop.round == round``, the round it was dispatched in. Default: nothing happens
+        until :meth:`collect` (the client trains when its update is due, in this process).
+        """
+        return message, round
+
+    def collect(self, loop: FederatedLoop, handle: Any) -> ClientUpdate:
+        """The update of a submitted client, received (:meth:`FederatedLoop.receive_update`); waits for it.
+
+        Default: trains the client now, with ``loop.round`` set to the round it was dispatched in meanwhile.
+        """
+        message, round = handle
+        current, loop.round = loop.round, round
+        try:
+            update = loop.train_client(message)
+        finally:
+            loop.round = current
+        return loop.receive_update(update)
 
     def begin(self, loop: FederatedLoop, start_round: int) -> None:  # noqa: B027
         """Called once before a run's first round, with that round.

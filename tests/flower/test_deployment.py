@@ -19,9 +19,7 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "flower_deployment"
 OVERRIDES = ["--trainer.eval_every=2"]  # evaluate after the last round only: fewer ClientApp processes to start
 
 
-@pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="Flower's CLI entry points are not installed")
-def test_loopback_deployment_trains_the_sequential_model_and_cleans_up(tmp_path):
-    run_dir = tmp_path / "deployment"
+def launch(run_dir, logs, *extra):
     command = [
         sys.executable,
         str(RECIPE / "launch.py"),
@@ -31,10 +29,17 @@ def test_loopback_deployment_trains_the_sequential_model_and_cleans_up(tmp_path)
         "--timeout",
         "540",
         "--logs",
-        str(tmp_path / "logs"),
+        str(logs),
+        *extra,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, start_new_session=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+
+
+@pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="Flower's CLI entry points are not installed")
+def test_loopback_deployment_trains_the_sequential_model_resumes_and_cleans_up(tmp_path):
+    run_dir = tmp_path / "deployment"
+    launch(run_dir, tmp_path / "logs")
 
     # every SuperLink/SuperNode/ClientApp process the launcher started is gone
     leftovers = subprocess.run(["ps", "-eo", "stat,args"], capture_output=True, text=True).stdout.splitlines()
@@ -60,3 +65,11 @@ def test_loopback_deployment_trains_the_sequential_model_and_cleans_up(tmp_path)
         files = sorted(p.name for p in (run_dir / "node_states" / f"node_{node}" / f"client_{node}").iterdir())
         assert files == ["r0.pt", "r1.pt"]
     assert os.path.exists(run_dir / "logs" / "metrics.csv")
+
+    # resumed from round 0 (the nodes forget their round-1 heads and train round 1 again): the same model
+    launch(run_dir, tmp_path / "logs_resumed", "--resume-from", str(run_dir / "checkpoints" / "round_00000.ckpt"))
+    resumed = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert resumed["round"] == 1 and (run_dir / "logs" / "resumed_at_round_1" / "metrics.csv").exists()
+    for key, value in expected.global_state.items():
+        torch.testing.assert_close(resumed["global_state"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert resumed["history"][-1]["personal_acc"] == pytest.approx(want["personal_acc"], rel=1e-5, abs=1e-6)

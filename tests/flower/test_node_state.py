@@ -62,3 +62,16 @@ def test_context_state_discards_a_version_from_a_round():
     store.discard_from(3, 4)
     assert store.load(3, before_round=10) is None
     store.discard_from(3, 0)  # nothing left: no error
+
+
+def test_directory_state_keeps_what_a_resume_needs_when_told(tmp_path):
+    """With ``keep_from`` the newest version below it and every version from it on stay, however many."""
+    store = DirectoryState(tmp_path, keep=1)
+    for version in range(6):
+        store.save(0, version, {"w": torch.tensor(float(version))}, keep_from=2)
+    assert sorted(p.name for p in (tmp_path / "client_0").iterdir()) == ["r1.pt", "r2.pt", "r3.pt", "r4.pt", "r5.pt"]
+    assert store.load(0, before_round=2)["w"] == 1.0  # what a resume at 2 reads
+    store.save(0, 6, {"w": torch.tensor(6.0)}, keep_from=5)
+    assert sorted(p.name for p in (tmp_path / "client_0").iterdir()) == ["r4.pt", "r5.pt", "r6.pt"]
+    store.save(0, 7, {"w": torch.tensor(7.0)})  # not told: its own policy, the newest `keep`
+    assert sorted(p.name for p in (tmp_path / "client_0").iterdir()) == ["r7.pt"]

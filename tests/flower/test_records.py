@@ -12,9 +12,11 @@ from lit_fed.client.payloads import ClientUpdate, FeatureStatistics, ServerMessa
 from lit_fed.flower.records import (  # noqa: E402
     RAW_STYPE,
     ModelInstruction,
+    NodeBookkeeping,
     evaluation_to_recorddict,
     message_to_recorddict,
     model_instruction_to_recorddict,
+    read_bookkeeping,
     recorddict_to_evaluation,
     recorddict_to_message,
     recorddict_to_model_instruction,
@@ -81,6 +83,15 @@ def test_message_without_optional_fields_round_trips():
     back = recorddict_to_message(over_the_wire(message_to_recorddict(message)))
     assert back.extras == {} and back.config == {} and back.wire_nbytes is None
     assert_same_tensors(back.state, message.state)
+
+
+def test_node_bookkeeping_travels_with_the_train_instruction():
+    message = ServerMessage(round=7, client_id=1, state={"w": torch.ones(2)})
+    content = over_the_wire(message_to_recorddict(message, NodeBookkeeping(state_version=42, round=3, keep_from=40)))
+    assert read_bookkeeping(content) == NodeBookkeeping(state_version=42, round=3, keep_from=40)
+    assert recorddict_to_message(content).round == 7  # the message itself is untouched
+    plain = over_the_wire(message_to_recorddict(message))  # synchronous default: everything is the round
+    assert read_bookkeeping(plain) == NodeBookkeeping(state_version=7, round=7, keep_from=None)
 
 
 @pytest.mark.parametrize("wire", [False, True], ids=["in-memory", "protobuf"])

@@ -89,3 +89,36 @@ def test_an_unpicklable_client_side_is_refused_with_advice(client_factory, datam
     loop = FederatedLoop(client_factory(), datamodule_factory(num_clients=2), rounds=1, run_dir=tmp_path, loggers=[])
     with pytest.raises(TypeError, match="must pickle, as Flower's simulation ships it to Ray actors"):
         InProcessRunner(loop, tmp_path / "nodes")
+
+
+def test_a_resume_from_the_oldest_kept_checkpoint_finds_its_node_state(client_factory, datamodule_factory, tmp_path):
+    """5 FedPer rounds keeping 4 round checkpoints on nodes that would keep a single version: the server tells the
+    nodes which versions a resume may need, so resuming from round 1 (not the last checkpoint) is still exact."""
+
+    def loop(run_dir, resume_from=None):
+        optimizer = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)
+        federated = FederatedLoop(
+            client_factory(personal=[Head()], optimizer=optimizer),
+            datamodule_factory(num_clients=2),
+            rounds=5,
+            keep_checkpoints=4,
+            run_dir=run_dir,
+            loggers=[],
+            progress=False,
+        )
+        federated.runner = InProcessRunner(federated, tmp_path / "nodes", keep=1)
+        return federated, federated.run(resume_from=resume_from)
+
+    _, full = loop(tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "nodes/client_0").iterdir()) == [
+        "r0.pt",
+        "r1.pt",
+        "r2.pt",
+        "r3.pt",
+        "r4.pt",
+    ]
+    resumed_loop, resumed = loop(tmp_path / "resumed", tmp_path / "run/checkpoints/round_00001.ckpt")
+    assert resumed_loop.runner.messages.count("train") == 3 * 2
+    for key, value in full.global_state.items():
+        assert torch.equal(resumed.global_state[key], value), key
+    assert [m["personal_acc"] for m in resumed.history] == [m["personal_acc"] for m in full.history]
