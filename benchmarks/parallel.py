@@ -3,9 +3,10 @@
 The quickstart job (FedAvg, FedAvgCNN, Fashion-MNIST Dir(0.1) over 20 clients, batch 10, 1 local epoch, all clients
 every round, global + personalized evaluation every round) for a few rounds under each backend, each in a fresh
 subprocess. Reported per backend, from the loop's own ``round_seconds`` (sampling → training → aggregation →
-evaluation): the first round (under Flower it also builds each Ray actor's client loop and loads its data) and the
-mean of the later rounds (steady state); then the whole run's wall time and the start-up/tear-down outside the
-rounds (Ray and its actors; paid once per run). Ratios are sequential / backend (> 1: faster).
+evaluation): the first round (its first data loading) and the mean of the later rounds (steady state); then the
+whole run's wall time and the start-up/tear-down outside the rounds (Ray, its actors, and — when the run begins —
+each actor building its client loop and loading the data; paid once per run). Ratios are sequential / backend
+(> 1: faster).
 
 Every process trains with ``--threads`` torch threads (default 1: the sequential loop uses one core, each Ray actor
 one core), so "1 parallel client" measures the engine's overhead on the same compute and "2 parallel clients" the
