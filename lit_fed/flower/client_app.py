@@ -110,7 +110,7 @@ def answer_train(node: Node, content: RecordDict) -> RecordDict:
 def _load_model(node: Node, content: RecordDict) -> tuple[int, StateDict]:
     instruction = recorddict_to_model_instruction(content)
     node.check(instruction.client_id)
-    node.restore(instruction.round + 1 if instruction.state_before is None else instruction.state_before)
+    node.restore(instruction.state_before)
     node.loop.global_state, node.loop.round = instruction.global_state, instruction.round
     return instruction.round, instruction.overlay
 

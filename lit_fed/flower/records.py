@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -231,14 +231,15 @@ class ModelInstruction:
         client_id: The client.
         global_state: The server's global state.
         overlay: The strategy's personal overlay for the client (hypernetwork-generated tensors), possibly empty.
-        state_before: The client's personal state is its newest version below this (``None``: ``round + 1``).
+        state_before: The client's personal state is its newest version below this
+            (:meth:`~lit_fed.loop.federated_loop.FederatedLoop.node_state_bound`; synchronous rounds: ``round + 1``).
     """
 
     round: int
     client_id: int
     global_state: StateDict
-    overlay: StateDict = field(default_factory=dict)
-    state_before: int | None = None
+    overlay: StateDict
+    state_before: int
 
 
 def model_instruction_to_recorddict(instruction: ModelInstruction) -> RecordDict:
@@ -251,9 +252,7 @@ def model_instruction_to_recorddict(instruction: ModelInstruction) -> RecordDict
                 {
                     "round": instruction.round,
                     "client_id": instruction.client_id,
-                    "state_before": instruction.round + 1
-                    if instruction.state_before is None
-                    else instruction.state_before,
+                    "state_before": instruction.state_before,
                 }
             ),
         }
@@ -268,7 +267,7 @@ def recorddict_to_model_instruction(content: RecordDict) -> ModelInstruction:
         client_id=int(meta["client_id"]),  # type: ignore[arg-type]
         global_state=record_to_state(content.array_records["state"]),
         overlay=record_to_state(content.array_records.get("overlay", ArrayRecord())),
-        state_before=int(meta.get("state_before", int(meta["round"]) + 1)),  # type: ignore[arg-type]
+        state_before=int(meta["state_before"]),  # type: ignore[arg-type]
     )
 
 

@@ -9,8 +9,8 @@ the nodes' replies come back as typed ``ClientUpdate`` objects in the same order
 them, and ``aggregate_train``/``server_train`` run on them unchanged. Personalized evaluation is an ``evaluate``
 message per client carrying the strategy's personal overlay for it (hypernetwork-generated tensors), whose reply is
 the client's mergeable metric states, so pooled accuracy is exact; CCVR's statistics are a
-``query.feature_statistics`` message per client. Before the first round every node is told the round the run starts
-at (``query.begin``), so a fresh run starts without personal state and a resumed one forgets what was written after
+``query.feature_statistics`` message per client. Before the first round every node is told where the run starts
+(``query.begin``), so a fresh run starts without personal state and a resumed one forgets what was written after
 its checkpoint — on every node, wherever it runs. In asynchronous mode a dispatched client's train message is pushed
 at once (:meth:`FlowerRunner.submit`) and its reply pulled at the client's virtual arrival
 (:meth:`FlowerRunner.collect`), so the clients in flight train concurrently on their nodes.
@@ -85,14 +85,18 @@ class FlowerRunner(ClientRunner):
                 )
             time.sleep(0.5)
 
+    def _check(self, reply: Message, what: str) -> Message:
+        """The reply, unless it is a Flower error reply: then a ``RuntimeError`` naming the client and the reason."""
+        if reply.has_error():
+            node = reply.metadata.src_node_id
+            by_node = {node: cid for cid, node in self.nodes.items()}
+            who = f"client {by_node[node]}" if node in by_node else f"node {node}"
+            raise RuntimeError(f"Flower {what} on {who} failed: {reply.error.reason}")
+        return reply
+
     def _exchange(self, messages: Sequence[Message], what: str) -> list[Message]:
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        replies = [self._check(reply, what) for reply in self.grid.send_and_receive(messages, timeout=self.timeout)]
         by_node = {node: cid for cid, node in self.nodes.items()}
-        for reply in replies:
-            if reply.has_error():
-                node = reply.metadata.src_node_id
-                who = f"client {by_node[node]}" if node in by_node else f"node {node}"
-                raise RuntimeError(f"Flower {what} on {who} failed: {reply.error.reason}")
         if len(replies) != len(messages):
             answered = {reply.metadata.src_node_id for reply in replies}
             silent = [by_node.get(m.metadata.dst_node_id) for m in messages if m.metadata.dst_node_id not in answered]
@@ -166,9 +170,7 @@ class FlowerRunner(ClientRunner):
                 raise TimeoutError(f"Flower train: no reply for client {client_id} within {self.timeout} s")
             time.sleep(0.05)
         (reply,) = replies
-        if reply.has_error():
-            raise RuntimeError(f"Flower train on client {client_id} failed: {reply.error.reason}")
-        return loop.receive_update(recorddict_to_update(reply.content))
+        return loop.receive_update(recorddict_to_update(self._check(reply, MessageType.TRAIN).content))
 
     @staticmethod
     def model_instructions(loop: FederatedLoop, client_ids: Sequence[int], round: int) -> list[tuple[int, RecordDict]]:

@@ -166,13 +166,13 @@ def test_evaluation_round_trips_as_mergeable_metric_states():
 def test_model_instruction_round_trips_with_its_personal_overlay():
     state, overlay = tensors(), {"w": torch.randn(2, 3), "marker": torch.tensor(4)}
     back = recorddict_to_model_instruction(
-        over_the_wire(model_instruction_to_recorddict(ModelInstruction(3, 1, state, overlay)))
+        over_the_wire(model_instruction_to_recorddict(ModelInstruction(3, 1, state, overlay, 9)))
     )
-    assert (back.round, back.client_id) == (3, 1)
+    assert (back.round, back.client_id, back.state_before) == (3, 1, 9)
     assert_same_tensors(back.global_state, state)
     assert_same_tensors(back.overlay, overlay)
     plain = recorddict_to_model_instruction(
-        over_the_wire(model_instruction_to_recorddict(ModelInstruction(0, 2, state)))
+        over_the_wire(model_instruction_to_recorddict(ModelInstruction(0, 2, state, {}, 1)))
     )
     assert plain.overlay == {}
 
