@@ -414,6 +414,17 @@ class FederatedLoop:
         """Whether a personal overlay applies: any of ``overlays`` (sent to a node), else the strategy's own."""
         return any(overlays.values()) if overlays is not None else self._server_personalizes
 
+    def _loaded_clients(
+        self, client_ids: Sequence[int], overlays: Mapping[int, StateDict] | None, per_client: bool
+    ) -> Iterator[int]:
+        """Yields each client id with its model in the worker (the global model once, when not ``per_client``)."""
+        if not per_client:
+            self.load_client(None)
+        for cid in client_ids:
+            if per_client:
+                self.load_client(cid, None if overlays is None else overlays.get(cid, {}))
+            yield cid
+
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[torch.nn.Module]:
         """The worker module on the evaluation device in eval mode; back on CPU in its previous mode afterwards."""
@@ -439,11 +450,9 @@ class FederatedLoop:
         per_client = self._needs_per_client_eval or self._overlaid(overlays)
         results = []
         with self._eval_mode() as module:
-            if not per_client:
-                self.load_client(None)  # every client evaluates the global model on its own test split
-            for cid in client_ids:
+            # without personalization every client evaluates the global model on its own test split
+            for cid in self._loaded_clients(client_ids, overlays, per_client):
                 if per_client:
-                    self.load_client(cid, None if overlays is None else overlays.get(cid, {}))
                     module.personalize(self.datamodule.client_train_dataloader(cid, self.round))
                     module.eval()
                 stats = new_class_stats(num_classes)
@@ -471,11 +480,7 @@ class FederatedLoop:
         per_client = bool(self.initial_personal) or self._overlaid(overlays)
         updates = []
         with self._eval_mode() as module, torch.no_grad():
-            if not per_client:
-                self.load_client(None)
-            for cid in client_ids:
-                if per_client:
-                    self.load_client(cid, None if overlays is None else overlays.get(cid, {}))
+            for cid in self._loaded_clients(client_ids, overlays, per_client):
                 dataloader = self.datamodule.client_train_dataloader(cid, round)
                 features, labels = embed_dataset(module, dataloader, self.eval_device)
                 if features.numel() == 0:

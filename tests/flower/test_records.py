@@ -5,10 +5,9 @@ import pytest
 pytest.importorskip("flwr")
 
 import torch  # noqa: E402
-from flwr.common.serde import recorddict_from_proto, recorddict_to_proto  # noqa: E402
-from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict  # noqa: E402
 
 from lit_fed.client.payloads import ClientUpdate, FeatureStatistics, ServerMessage  # noqa: E402
+from lit_fed.flower.in_process import over_the_wire  # noqa: E402
 from lit_fed.flower.records import (  # noqa: E402
     RAW_STYPE,
     ModelInstruction,
@@ -26,13 +25,6 @@ from lit_fed.flower.records import (  # noqa: E402
 )
 from lit_fed.loop.runner import ClientEvaluation  # noqa: E402
 from lit_fed.metrics.evaluation import new_accuracy, new_class_stats  # noqa: E402
-
-
-def over_the_wire(content):
-    """What the receiving side of a real deployment gets: the protobuf bytes parsed back."""
-    proto = ProtoRecordDict()
-    proto.ParseFromString(recorddict_to_proto(content).SerializeToString())
-    return recorddict_from_proto(proto)
 
 
 def tensors():

@@ -54,27 +54,26 @@ def test_run_config_timeouts():
     assert seconds(0, 600.0) is None  # 0: no limit
 
 
-def fedper_loop(client_factory, datamodule_factory, run_dir, fraction=1.0):
+def fedper_loop(client_factory, datamodule_factory, run_dir, **options):
+    """FedPer on 2 clients, 1 round unless ``options`` say otherwise (any FederatedLoop option)."""
     optimizer = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)  # picklable, as Ray needs
+    options = {"rounds": 1, "loggers": [], "progress": False, **options}
     return FederatedLoop(
         client_factory(personal=[Head()], optimizer=optimizer),
         datamodule_factory(num_clients=2),
-        rounds=1,
-        client_fraction=fraction,
         run_dir=run_dir,
-        loggers=[],
-        progress=False,
+        **options,
     )
 
 
 def test_a_fresh_run_forgets_what_an_earlier_run_left_on_the_nodes(client_factory, datamodule_factory, tmp_path):
     """Only one of two clients trains; the other is evaluated with its initial head, not a leftover one."""
-    expected = fedper_loop(client_factory, datamodule_factory, tmp_path / "seq", fraction=0.5).run()
+    expected = fedper_loop(client_factory, datamodule_factory, tmp_path / "seq", client_fraction=0.5).run()
     nodes = DirectoryState(tmp_path / "nodes")
     leftover = {k: torch.zeros_like(v) for k, v in client_factory(personal=[Head()]).personal_state().items()}
     for cid in (0, 1):  # an earlier run's round-0 heads, all zeros
         nodes.save(cid, 0, leftover)
-    loop = fedper_loop(client_factory, datamodule_factory, tmp_path / "flower", fraction=0.5)
+    loop = fedper_loop(client_factory, datamodule_factory, tmp_path / "flower", client_fraction=0.5)
     loop.runner = InProcessRunner(loop, tmp_path / "nodes")
     result = loop.run()
     assert loop.runner.messages[:2] == ["query.begin", "query.begin"]
@@ -96,16 +95,7 @@ def test_a_resume_from_the_oldest_kept_checkpoint_finds_its_node_state(client_fa
     nodes which versions a resume may need, so resuming from round 1 (not the last checkpoint) is still exact."""
 
     def loop(run_dir, resume_from=None):
-        optimizer = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)
-        federated = FederatedLoop(
-            client_factory(personal=[Head()], optimizer=optimizer),
-            datamodule_factory(num_clients=2),
-            rounds=5,
-            keep_checkpoints=4,
-            run_dir=run_dir,
-            loggers=[],
-            progress=False,
-        )
+        federated = fedper_loop(client_factory, datamodule_factory, run_dir, rounds=5, keep_checkpoints=4)
         federated.runner = InProcessRunner(federated, tmp_path / "nodes", keep=1)
         return federated, federated.run(resume_from=resume_from)
 
