@@ -1,4 +1,4 @@
-"""Communication compression (METHODS §6): compressors and the loop wrappers that apply them to any method.
+"""Communication compression: compressors and the loop wrappers that apply them to any method.
 
 Compressors (:class:`Compressor`: ``compress(tensors) -> CompressedPayload`` / ``decompress(payload)``):
 

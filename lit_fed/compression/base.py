@@ -4,7 +4,7 @@ A compressor turns a mapping ``name -> tensor`` into a payload that is itself a 
 library's wire format (:func:`lit_fed.client.serialization.encode_tensors`) serializes it and
 :func:`~lit_fed.client.serialization.encoded_size` gives its exact size — the byte count reported by the
 wrappers in :mod:`lit_fed.compression.wrappers` is the length of what is actually serialized, indices, values
-and metadata included (METHODS §6, "byte counts reported are the sizes of what is actually serialized").
+and metadata included [design: a reported size is never an estimate].
 
 Payload layout (one or more *records* per input tensor):
 

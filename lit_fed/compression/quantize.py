@@ -5,7 +5,7 @@ Each tensor ``x`` is mapped to 256 evenly spaced levels between its minimum and 
 ``x̂ = min + q · scale``. Deterministic rounding (nearest level) bounds the error by ``scale / 2`` per entry.
 Stochastic rounding, ``q = floor((x − min) / scale + u)`` with ``u ~ U[0, 1)``, makes ``x̂`` unbiased,
 ``E[x̂] = x`` (the QSGD-style estimator of Alistarh et al., "QSGD: Communication-Efficient SGD via Gradient
-Quantization and Encoding", NeurIPS 2017, §3.1, with one uniform grid per tensor; METHODS §6).
+Quantization and Encoding", NeurIPS 2017, §3.1, with one uniform grid per tensor).
 
 Wire format of a quantized tensor: ``q`` (``uint8``, the tensor's shape) and ``range`` (float32 ``[min, scale]``).
 The rebuilt tensor is float32 (the wrappers cast it back to the state's dtype).
@@ -62,7 +62,7 @@ def dequantize_uint8(codes: Tensor, minimum: float, scale: float) -> Tensor:
 
 
 class Quantize8Bit(Compressor):
-    """8-bit uniform quantization per tensor (METHODS §6), deterministic or with seeded stochastic rounding.
+    """8-bit uniform quantization per tensor (min/max scale), deterministic or with seeded stochastic rounding.
 
     Args:
         stochastic: Use unbiased stochastic rounding (drawn from the generator the caller passes; the wrappers

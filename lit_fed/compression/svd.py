@@ -7,8 +7,8 @@ whose energy exceeds a threshold,
 
     ``Σ_{i<k} σ_i² > T(t) · Σ_i σ_i²``,        ``T(t) = T_start + (t / R) (T_end − T_start)``
 
-(the threshold rises over the ``R`` rounds, 0.95 → 0.98 in the paper; METHODS §6). The official code rebuilds
-with ``U·σ·V`` and a 1-D ``σ``, which is wrong; the reconstruction here is ``U diag(σ) Vᵀ`` (METHODS §3).
+(the threshold rises over the ``R`` rounds, 0.95 → 0.98 in the paper). The official code rebuilds
+with ``U·σ·V`` and a 1-D ``σ``, which is wrong; the reconstruction here is ``U diag(σ) Vᵀ``, the factorization above.
 
 :func:`svd_compress` / :func:`svd_reconstruct` / :func:`energy_schedule` are the reusable pieces (FedKD's
 mentee upload uses them directly); :class:`SVD` is the :class:`~lit_fed.compression.base.Compressor` that applies
@@ -29,7 +29,7 @@ from lit_fed.compression.base import Compressor, shape_tensor
 
 
 def energy_schedule(round: int, total_rounds: int, start: float = 0.95, end: float = 0.98) -> float:
-    """FedKD's energy threshold ``T(t) = T_start + (t / R)(T_end − T_start)`` (METHODS §6).
+    """FedKD's energy threshold ``T(t) = T_start + (t / R)(T_end − T_start)`` (§"Dynamic gradients approximation").
 
     Args:
         round: The round ``t`` (0-based).
@@ -64,7 +64,7 @@ def as_matrix(tensor: Tensor) -> Tensor:
 
 
 def svd_compress(matrix: Tensor, energy: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Truncated SVD keeping the smallest rank whose energy exceeds ``energy`` (FedKD; METHODS §6).
+    """Truncated SVD keeping the smallest rank whose energy exceeds ``energy`` (FedKD, Wu et al. 2022).
 
     Args:
         matrix: A 2-D tensor ``(m, n)``.

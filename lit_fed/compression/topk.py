@@ -4,7 +4,7 @@ Aji & Heafield, "Sparse Communication for Distributed Gradient Descent" (EMNLP 2
 ``R`` of entries with the smallest absolute value; the threshold is the ``R``-th percentile of ``|g|``,
 estimated on a random sample of the entries (0.1 % in the paper) instead of a full sort. Here the sampled
 threshold is checked against the kept count and replaced by an exact top-k when it keeps far too many or too
-few entries (METHODS §6: "exact top-k as fallback"). The error-feedback residual ``r ← g ⊙ ¬mask`` is kept
+few entries [design]. The error-feedback residual ``r ← g ⊙ ¬mask`` is kept
 by the wrappers (:class:`~lit_fed.compression.wrappers.ErrorFeedback`), not here: a compressor is stateless.
 
 DGC (Lin, Han, Mao, Wang and Dally, "Deep Gradient Compression", ICLR 2018), §3.3 "warm-up training": the
@@ -102,7 +102,7 @@ class TopK(Compressor):
     estimated on a random sample (:func:`sampled_threshold`) and the entries with ``|g| >= threshold`` are
     kept; if that keeps fewer than ``(1 − tolerance) · k`` or more than ``(1 + tolerance) · k`` entries, or the
     tensor is smaller than ``exact_below`` entries, or ``exact`` is set, the exact top-k is used instead
-    [design: the fallback rule; METHODS §6 only says "exact top-k as fallback"]. The kept positions are sent
+    [design: the fallback and its rule; the paper only samples the threshold]. The kept positions are sent
     sorted, as (``idx``, ``val``, ``shape``).
 
     Args:

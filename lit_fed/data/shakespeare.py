@@ -10,12 +10,12 @@ Samples are fixed-length windows: a window of ``seq_len + 1`` consecutive charac
 target). The vocabulary is the sorted set of characters of the whole file (65 for tiny Shakespeare), so every client
 and every filtering setting shares one encoding.
 
-Splits (PFLlib convention, METHODS §0): each client's speeches are shuffled with ``(seed, "split", client)`` and the
-first ``round(train_fraction · n)`` (at least one, and at least one left for test) form its train split; each split's
-speeches (in their original order, each followed by a newline) are concatenated and cut into windows every ``stride``
-characters — windows never cross from a train speech into a test one. The global test set is the union of the
-clients' test splits. Clients are ordered by number of speeches (descending; ties by first appearance), and
-``max_clients`` keeps the first ones.
+Splits (PFLlib's convention, Zhang et al. 2023): each client's speeches are shuffled with ``(seed, "split", client)``
+and the first ``round(train_fraction · n)`` (at least one, and at least one left for test) form its train split;
+each split's speeches (in their original order, each followed by a newline) are concatenated and cut into windows
+every ``stride`` characters — windows never cross from a train speech into a test one. The global test set is the
+union of the clients' test splits. Clients are ordered by number of speeches (descending; ties by first appearance),
+and ``max_clients`` keeps the first ones.
 
 Getting the file: pass ``path``; otherwise ``$LIT_FED_DATA/tinyshakespeare.txt`` and ``../shared/data/
 tinyshakespeare.txt`` (beside the checkout, where CI finds it) are tried, then — only with ``download=True`` —

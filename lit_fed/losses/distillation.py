@@ -96,7 +96,8 @@ def fedntd_loss(
 ) -> Tensor:
     """FedNTD's local objective ``CE(z_s, y) + β τ² KL(softmax(z̃_t/τ) ‖ softmax(z̃_s/τ))`` (Lee et al. 2022, Eq. 6).
 
-    METHODS §3 [code]; the ``τ²`` gradient-scale factor of Hinton et al. is included (it is 1 at the default τ 1).
+    [code], plus the ``τ²`` gradient-scale factor of Hinton et al. (the official criterion omits it; it is 1 at
+    the default τ 1).
     """
     ce = F.cross_entropy(student_logits.float(), target)
     return ce + beta * tau**2 * not_true_kl(student_logits, teacher_logits, target, tau)
@@ -120,7 +121,7 @@ def fedlsd_loss(
 ) -> Tensor:
     """FedLSD's local objective ``(1 − β)·CE(z_s, y) + β·KL(softmax(z_t/τ) ‖ softmax(z_s/τ))``.
 
-    Lee et al. 2021 (arXiv:2106.03097v1), METHODS §3 [paper].
+    Lee et al. 2021 (arXiv:2106.03097v1) [paper].
     """
     ce = F.cross_entropy(student_logits.float(), target)
     return (1.0 - beta) * ce + beta * self_distillation_kl(student_logits, teacher_logits, tau)

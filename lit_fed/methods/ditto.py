@@ -34,7 +34,7 @@ class DittoClient(FederatedClient):
     added to the personal split automatically, so the client uploads exactly the backbone's shared keys and
     keeps ``v`` in the client-state store across rounds.
 
-    Per batch (METHODS §2): step ``w`` on ``CE(w(x), y)`` and step ``v`` on
+    Per batch (the two local updates of Alg. 1): step ``w`` on ``CE(w(x), y)`` and step ``v`` on
     ``CE(v(x), y) + λ/2 ‖v − w_g‖²`` with ``w_g`` the weights received this round (not the current ``w``).
     [design] Both happen in the single ``training_step``: :meth:`extra_losses` adds
     ``personal_ce = CE(v(x), y)`` and ``ditto_prox = λ/2 Σ ‖v − w_g‖²`` (computed in float32 whatever the
@@ -58,7 +58,8 @@ class DittoClient(FederatedClient):
         optimizer: Optimizer factory, applied to ``w`` and ``v`` together.
         lr_scheduler: Optional per-epoch scheduler factory.
         schedule: Optional phased local schedule.
-        lam: The proximal coefficient λ (METHODS §2: 0.1…1). Default 0.1.
+        lam: The proximal coefficient λ of Eq. 2 (the paper tunes it per dataset; 0.1…1 is a sensible range).
+            Default 0.1.
 
     Raises:
         ValueError: ``lam`` is negative.

@@ -3,7 +3,7 @@
 Wu, Wu, Lyu, Huang and Xie, "Communication-efficient federated learning via knowledge distillation" (Nature
 Communications 13, 2022), §"Adaptive mutual knowledge distillation" (the task, distillation ``L^d`` and hidden
 ``L^h`` losses and the mentor's and mentee's objectives) and §"Dynamic gradients approximation"; the authors' code
-``wuch15/FedKD`` (``model_bert.py``, ``run.py``). METHODS §3 [paper + code], §6.
+``wuch15/FedKD`` (``model_bert.py``, ``run.py``). The rules below are [paper + code].
 
 Each client holds a large **mentor** (personal, never communicated) and a small **mentee** (shared: the only part
 uploaded, aggregated and downloaded). Per batch both learn from the labels and from each other:
@@ -13,12 +13,12 @@ uploaded, aggregated and downloaded). Per batch both learn from the labels and f
 (:func:`fedkd_loss`): ``KL(p_S ‖ p_T)`` is the mentor's distillation loss (it learns from the mentee's soft
 labels), ``KL(p_T ‖ p_S)`` the mentee's; the hidden-state loss compares the mentor's embedding ``H_T`` with a learnable
 local linear map ``W_h`` of the mentee's embedding ``H_S`` (identity when the widths agree); dividing by the task
-losses makes distillation count more when both models predict well. ``Z`` is detached as METHODS states; the
+losses makes distillation count more when both models predict well. ``Z`` is detached here [design]; the
 official code keeps its gradient, counts the hidden loss twice and uses ``KLDivLoss``'s element-wise mean (see
 :class:`FedKDClient`'s notes).
 
-Communication (METHODS §6) is shared code, not duplicated here: the mentee's update ``Δ = w_k − w_g`` is
-SVD-compressed per matrix keeping the smallest rank with ``Σ_{i<k} σ_i² > T(t) Σ σ²``,
+Communication (§"Dynamic gradients approximation") is shared code, not duplicated here: the mentee's update
+``Δ = w_k − w_g`` is SVD-compressed per matrix keeping the smallest rank with ``Σ_{i<k} σ_i² > T(t) Σ σ²``,
 ``T(t) = 0.95 + (t/R)(0.98 − 0.95)`` (:class:`lit_fed.compression.SVD`); the upload wrapper
 :class:`~lit_fed.compression.CompressUpload` sets ``ClientUpdate.wire_nbytes`` to the serialized size of the
 factors and hands the server the reconstruction ``w_g + U diag(σ) Vᵀ`` (not the official code's ``U·σ·V`` with a
@@ -139,7 +139,7 @@ class FedKDClient(FederatedClient):
 
     **Loss.** ``training_step`` adds to the mentor's CE (the task loss) the terms of :func:`fedkd_loss`:
     ``mentee_ce``, ``kd_mentor``, ``kd_mentee`` and ``hidden`` (logged as ``train_<name>``); the hidden states are the
-    two models' embeddings. Deviations from the official code (which METHODS does not follow either): ``Z`` is
+    two models' embeddings. Deviations from the official code [design]: ``Z`` is
     detached; the hidden loss is counted once, not twice; KL is batchmean, not ``KLDivLoss``'s element mean; the
     targets of the KL terms are detached (``detach_targets``, see :func:`fedkd_loss`).
 
@@ -149,7 +149,7 @@ class FedKDClient(FederatedClient):
     ``fidelity_agreement`` / ``fidelity_kl``.
 
     **Communication.** Only the mentee's keys are uploaded (:meth:`shared_keys`); pair with
-    :func:`fedkd_compression` (SVD upload and download, METHODS §6).
+    :func:`fedkd_compression` (SVD upload and download, §"Dynamic gradients approximation").
 
     Args:
         backbone: The mentor (timm's feature/head contract).
@@ -259,7 +259,7 @@ class FedKDClient(FederatedClient):
 
 
 def fedkd_compression(energy_start: float = 0.95, energy_end: float = 0.98) -> list[LoopCallback]:
-    """FedKD's communication (METHODS §6) as loop callbacks: SVD-compressed upload and download.
+    """FedKD's communication (Wu et al. 2022) as loop callbacks: SVD-compressed upload and download.
 
     ``[CompressUpload(SVD(energy_start, energy_end), residual=False), CompressDownload(SVD(...))]`` — the energy
     threshold ``T(t)`` rises linearly from ``energy_start`` to ``energy_end`` over the loop's rounds. Put them last

@@ -27,14 +27,14 @@ class FedLSDClient(GlobalTeacherClient):
     r"""FedLSD client [paper]: ``L = (1 − β)·CE + β·KL(softmax(z_g/τ) ‖ softmax(z_l/τ))`` over all classes.
 
     The teacher ``z_g`` is the frozen copy of the received global model (see
-    :class:`~lit_fed.methods.fedntd.GlobalTeacherClient`, which also reports the teacher–student fidelity).
+    :class:`~lit_fed.client.teacher.GlobalTeacherClient`, which also reports the teacher–student fidelity).
     The task loss of :meth:`compute_step` is the *weighted* cross-entropy ``(1 − β)·CE`` (so ``training_step``'s
     "task loss + extra terms" is exactly the objective), and the distillation term ``β·KL`` (batchmean, no ``τ²``
-    factor — METHODS §3 writes none) is logged as ``train_lsd``. Only training uses :meth:`compute_step`;
+    factor — the paper's objective has none) is logged as ``train_lsd``. Only training uses :meth:`compute_step`;
     evaluation reads the logits.
 
-    Defaults [design]: τ 1, β 0.3 — METHODS gives no default and the paper's tuned values could not be checked
-    here (no network access); τ 1 matches FedNTD's default, β 0.3 keeps CE the dominant term. Tune both.
+    Defaults [design]: τ 1, β 0.3 — the paper's tuned values could not be checked here (no network
+    access); τ 1 matches FedNTD's default, β 0.3 keeps CE the dominant term. Tune both.
 
     Args:
         backbone: A model with timm's feature/head contract.

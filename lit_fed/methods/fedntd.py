@@ -32,8 +32,8 @@ class FedNTDClient(GlobalTeacherClient):
     ``L = CE(z_l, y) + β τ² KL(softmax(z̃_g/τ) ‖ softmax(z̃_l/τ))`` where ``z̃`` are the logits with the true
     class removed (:func:`lit_fed.losses.not_true_kl`, batchmean) and ``z_g`` comes from the frozen copy of the
     received global model (see :class:`GlobalTeacherClient`). The extra term is logged as ``train_ntd``. The
-    server is FedAvg. METHODS §3; defaults τ 1, β 1 (the authors' ``config/fedntd.json``). The authors' criterion
-    omits the ``τ²`` factor that METHODS states; the two agree at the default τ 1.
+    server is FedAvg. Defaults τ 1, β 1 (the authors' ``config/fedntd.json``). The authors' criterion omits the
+    ``τ²`` factor written here (Hinton et al.'s gradient scale); the two agree at the default τ 1.
 
     Args:
         backbone: A model with timm's feature/head contract.

@@ -69,8 +69,8 @@ class MOONClient(FederatedClient):
       authors' code starts with an empty model pool: a one-column cross-entropy). By hand:
       :meth:`set_previous_model`.
 
-    Defaults: μ 1 (METHODS: 5 for CIFAR-10, 1 otherwise), τ 0.5, projection 256 (the authors' ``out_dim``), one
-    previous model (``model_buffer_size`` 1).
+    Defaults: μ 1 (the paper's tuned μ: 5 for CIFAR-10, 1 otherwise), τ 0.5, projection 256 (the authors'
+    ``out_dim``), one previous model (``model_buffer_size`` 1).
 
     Args:
         backbone: A model with timm's feature/head contract and ``reset_classifier``; its classifier is removed.

@@ -56,9 +56,9 @@ class PerFedAvgClient(FederatedClient):
     BatchNorm running statistics are updated by every forward pass (inner, outer and probes). The ``train_loss``
     is ``f(w̃; D′)``, the meta-objective. A learning-rate scheduler, if any, is stepped once per epoch.
 
-    Personalization (METHODS §2): :meth:`personalize` takes one plain SGD step of size ``α`` on the first batch
-    of the client's training loader (train mode), then the loop evaluates. Global accuracy is the un-adapted
-    ``w``.
+    Personalization (the paper's test-time adaptation): :meth:`personalize` takes one plain SGD step of size ``α``
+    on the first batch of the client's training loader (train mode), then the loop evaluates. Global accuracy is
+    the un-adapted ``w``.
 
     Args:
         backbone: A model with timm's feature/head contract.
@@ -73,7 +73,7 @@ class PerFedAvgClient(FederatedClient):
             factory (0.005 without one): [design] as PFLlib, whose Per-FedAvg uses the client learning rate
             (0.005) as α.
         beta: Outer (meta) step size β; [design] 0.001 as PFLlib's Per-FedAvg runs (``-bt 0.001``).
-        delta: Finite-difference step δ of the HF variant (METHODS §2: 1e-3).
+        delta: Finite-difference step δ of the HF variant (Eq. 10). Default 1e-3.
 
     Raises:
         ValueError: an unknown variant or a non-positive step size.
@@ -224,7 +224,7 @@ class PerFedAvgClient(FederatedClient):
     # -- personalization ---------------------------------------------------------------------------------
     @override
     def personalize(self, train_dataloader: Iterable[Any]) -> None:
-        """One SGD step of size ``α`` on the first batch of local training data (METHODS §2, Fallah et al. 2020).
+        """One SGD step of size ``α`` on the first batch of local training data (Fallah et al. 2020's adaptation).
 
         Runs in train mode with gradients enabled, outside the Trainer (float32); leaves the module in eval mode.
         """

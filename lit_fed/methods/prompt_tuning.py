@@ -4,7 +4,7 @@ Visual prompt tuning (Jia et al., "Visual Prompt Tuning", ECCV 2022, the *shallo
 tokens after the patch embedding — between the class token(s) and the patch tokens, after the position embedding,
 before the first block — and trains only them (and the classifier) on a frozen pretrained backbone. Federated, the
 prompts (and optionally the head) are the whole shared state: they are what clients train, send and the server
-averages (FedAvg), so each round communicates a small fraction of the model (METHODS §4), which every round
+averages (FedAvg), so each round communicates a small fraction of the model, which every round
 reports as ``comm_param_fraction`` = communicated / all state-dict entries of the client module.
 
 The split has three parts instead of two: *shared* = ``prompts`` (+ the head when ``head="shared"``), *personal* =

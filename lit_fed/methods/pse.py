@@ -1,10 +1,12 @@
 """PSE: Personalized Semantics Excitation — a personal model that attends to a global copy, excited towards it.
 
-A seed paper of this project with no public code: the whole design below is the one written in METHODS §5,
-tagged **[design]**; where §5 is silent the choice made here is tagged [design] and explained.
+A seed paper of this project with no public code, so no rule below could be checked against an implementation:
+the whole design is this library's, tagged **[design]**; the finer choices beyond the rules listed here are tagged
+[design] where they are made, and explained.
 
 Each client keeps a *personal model* (a convolutional backbone, a cross-model attention block, a classifier and an
-auxiliary head) and trains a copy of the *global model* (Ditto-like, METHODS §2); only the global copy is sent.
+auxiliary head) and trains a copy of the *global model* (Ditto-like: Li et al., ICML 2021, Alg. 1); only the global
+copy is sent.
 
 * **Per batch** (one optimizer step, disjoint parameters — the same argument as Ditto's): the global copy is trained
   on ``CE(w_g(x), y)``; the personal path computes the personal feature map ``H_k`` (the last conv stage, tokens =
@@ -176,7 +178,7 @@ def _tokens(feature_map: Tensor) -> Tensor:
 
 
 class CrossModelAttention(nn.Module):
-    """Personal tokens attend to the global copy's tokens: ``LayerNorm(T_k + MHA(T_k, T_g, T_g))`` (METHODS §5).
+    """Personal tokens attend to the global copy's tokens: ``LayerNorm(T_k + MHA(T_k, T_g, T_g))`` [design].
 
     Queries come from the personal feature map ``H_k``, keys and values from the global copy's ``H_g``; the
     residual is on ``H_k``. [design] Post-norm (one ``nn.LayerNorm`` after the residual), no positional encoding
@@ -184,7 +186,7 @@ class CrossModelAttention(nn.Module):
 
     Args:
         dim: Channels ``C`` of the feature maps (the token embedding size).
-        num_heads: Attention heads (4 in METHODS §5); must divide ``dim``.
+        num_heads: Attention heads (4 by default [design]); must divide ``dim``.
         dropout: Attention dropout (0 by default [design]).
 
     Raises:
@@ -215,7 +217,7 @@ def channel_grad_magnitude(grad: Tensor) -> Tensor:
 
 
 def score_increment(a_global: Tensor, a_personal: Tensor, mode: ScoreMode = "absolute") -> Tensor:
-    """The EMA's new term: ``|a^g − a^k|`` (``"absolute"``, METHODS §5) or ``max(0, a^g − a^k)`` (``"one_sided"``).
+    """The EMA's new term: ``|a^g − a^k|`` (``"absolute"``, the default) or ``max(0, a^g − a^k)`` (``"one_sided"``).
 
     [design] One-sided scores only channels whose global gradient is the larger, i.e. where the global copy is
     still learning something the personal model is not.
@@ -237,7 +239,7 @@ def num_excited(channels: int, rho: float) -> int:
 
 
 def select_channels(scores: Tensor, rho: float) -> tuple[Tensor, Tensor]:
-    """The top-``ρ`` channels by score and their ``α_c = s_c / max s`` (METHODS §5).
+    """The top-``ρ`` channels by score and their ``α_c = s_c / max s`` [design].
 
     Ties are broken by the lower channel index (stable sort) [design: deterministic]. With no positive score
     every ``α`` is 0, so excitation changes nothing.
@@ -308,7 +310,7 @@ class PSEStepOutput(StepOutput):
 # The client
 # ---------------------------------------------------------------------------------------------------------------------
 class PSEClient(FederatedClient):
-    r"""PSE client (METHODS §5, all **[design]**): a trained global copy plus a personal model that attends to it.
+    r"""PSE client (all **[design]**): a trained global copy plus a personal model that attends to it.
 
     Modules: ``backbone`` is the global copy ``w_g`` (the shared state, uploaded and aggregated by FedAvg);
     ``personal_model`` is a copy of the backbone taken at construction, with its own head removed (it computes
@@ -325,12 +327,12 @@ class PSEClient(FederatedClient):
     (as in Ditto; gradient clipping by global norm would couple them through the shared norm). The logged and
     uploaded ``train_loss`` is the sum of the three terms.
 
-    [design] choices where §5 is silent:
+    [design] choices beyond the rules of the module docstring:
 
     * ``H_k`` / ``H_g`` are the *last* conv stage's maps (see :class:`BackboneAdapter`); pooling is the mean over
       tokens; the aux head reads the pooled ``H_k`` before attention.
     * The personal model starts as a copy of the initial global model, identical on every client (as Ditto's ``v``).
-    * Scores are kept for *every* paired conv layer (METHODS §5), only the ``excited_stages`` layers are excited.
+    * Scores are kept for *every* paired conv layer (the rule), only the ``excited_stages`` layers are excited.
       The score reads the weight gradient only; excitation moves the channel's weight slice *and* its bias entry
       (the channel's whole filter). BatchNorm layers are not excited.
     * ``W_g`` in the excitation is the client's *current* global copy (the locally trained one whose gradients
@@ -355,7 +357,7 @@ class PSEClient(FederatedClient):
         attention: Use the cross-model attention; off, the personal classifier reads the pooled ``H_k`` directly
             (ablation "attention off").
         excitation: Track gradient scores and excite; off, neither (ablation "excitation off").
-        score: ``"absolute"`` (``|a^g − a^k|``, METHODS §5) or ``"one_sided"`` (``max(0, a^g − a^k)`` [design]).
+        score: ``"absolute"`` (``|a^g − a^k|``, the default) or ``"one_sided"`` (``max(0, a^g − a^k)`` [design]).
         excited_stages: Which conv stages are excited: ``None`` = the first ``⌈n/2⌉`` of the ``n`` stages (the
             low-level half [design]: FedAvgCNN ``conv1``; TinyCNN ``conv``; ResNet-8 ``conv1`` + ``layer1``), an int
             = the first that many stages, or a list of stage names (see :meth:`BackboneAdapter.conv_stages`).
@@ -530,7 +532,7 @@ class PSEClient(FederatedClient):
         return self.backbone.get_submodule(layer), self.personal_model.get_submodule(layer)
 
     def update_scores(self, check: Iterable[Tensor] | None = None, inv_scale: Tensor | float | None = None) -> None:
-        """One EMA step of every layer's scores from the current ``.grad`` (METHODS §5).
+        """One EMA step of every layer's scores from the current ``.grad`` [design].
 
         ``s_c ← ema·s_c + (1 − ema)·inc_c`` with ``inc`` from :func:`score_increment` of ``a^g``, ``a^k``
         (:func:`channel_grad_magnitude`). Layers whose gradients are missing on either side (a frozen part) are
@@ -564,7 +566,7 @@ class PSEClient(FederatedClient):
             counter.add_(1 if finite is None else finite.to(counter.device, torch.long))
 
     def excite(self) -> dict[str, tuple[Tensor, Tensor]]:
-        """Excites the selected layers' top-``ρ`` channels towards the global copy (METHODS §5).
+        """Excites the selected layers' top-``ρ`` channels towards the global copy [design].
 
         For each layer of the excited stages: ``(indices, α) = select_channels(s, ρ)`` and
         ``W_k[c] ← W_k[c] + β α_c (W_g[c] − W_k[c])`` (weight slice and bias entry). Nothing else changes.

@@ -1,10 +1,10 @@
-"""Global and personalized accuracy (METHODS §0), computed with torchmetrics.
+"""Global and personalized accuracy, computed with torchmetrics.
 
-Personalized accuracy: each client evaluates its own model on its own test split; the pooled accuracy is
-``Σ correct / Σ samples``, obtained exactly by merging the clients' metric states (``Metric.merge_state``),
-not as a mean of means. The spread across clients (mean, standard deviation, 10th percentile) is reported
-alongside. On long-tailed data, accuracy is also reported per shot group (many/medium/few classes by their
-training-sample count), pooled over the same predictions.
+Personalized accuracy (PFLlib's protocol, Zhang et al. 2023): each client evaluates its own model on its own test
+split; the pooled accuracy is ``Σ correct / Σ samples``, obtained exactly by merging the clients' metric states
+(``Metric.merge_state``), not as a mean of means. The spread across clients (mean, standard deviation, 10th
+percentile) is reported alongside. On long-tailed data, accuracy is also reported per shot group (many/medium/few
+classes by their training-sample count), pooled over the same predictions.
 """
 
 from __future__ import annotations

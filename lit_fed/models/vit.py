@@ -183,7 +183,7 @@ class ViT(TransformerBackbone):
 
     Patches of ``patch_size`` are linearly embedded (a strided convolution), a class token is prepended and a
     learned position embedding added; ``depth`` pre-norm blocks follow. Defaults are FedTP's CIFAR configuration
-    (METHODS §4): image 32, patch 4, dim 128, depth 6, heads 8, dim_head 64, mlp 256, dropout 0.1.
+    ([code]): image 32, patch 4, dim 128, depth 6, heads 8, dim_head 64, mlp 256, dropout 0.1.
 
     Args:
         image_size: Input height and width (square).
@@ -305,7 +305,7 @@ class CharTransformer(TransformerBackbone):
 
 
 def vit_cifar(num_classes: int = 10, in_channels: int = 3, **kwargs: object) -> ViT:
-    """FedTP's CIFAR ViT (METHODS §4): image 32, patch 4, dim 128, depth 6, 8 heads of 64, mlp 256, dropout 0.1."""
+    """FedTP's CIFAR ViT [code]: image 32, patch 4, dim 128, depth 6, 8 heads of 64, mlp 256, dropout 0.1."""
     config: dict[str, object] = dict(
         image_size=32, patch_size=4, dim=128, depth=6, heads=8, dim_head=64, mlp_dim=256, dropout=0.1, emb_dropout=0.1
     )

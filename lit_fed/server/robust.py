@@ -1,4 +1,4 @@
-"""Byzantine-robust aggregation rules: drop-in replacements for the weighted mean (METHODS §1 "Robust").
+"""Byzantine-robust aggregation rules: drop-in replacements for the weighted mean.
 
 Each rule is an :class:`~lit_fed.server.aggregation.Aggregator`, so any strategy that aggregates through one
 takes it: ``FedAvg(aggregator=CoordinateMedian())``, ``FedAvgM(aggregator=Krum(1))``,

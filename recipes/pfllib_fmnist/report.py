@@ -50,8 +50,9 @@ PARTITION_LABELS = {
     "pathological": "Pathological (2 classes per client)",
 }
 
-# PFLlib's published leaderboard (METHODS.md §0): Fashion-MNIST, 20 clients, join ratio 1, batch 10, 1 local
-# epoch, SGD lr 0.005, 2000 rounds, FedAvgCNN; best-round personalized accuracy (%), mean of 3 seeds.
+# PFLlib's published leaderboard (Zhang et al. 2023, https://github.com/TsingZ0/PFLlib): Fashion-MNIST, 20 clients,
+# join ratio 1, batch 10, 1 local epoch, SGD lr 0.005, 2000 rounds, FedAvgCNN; best-round personalized accuracy (%),
+# mean of 3 seeds.
 PFLLIB_ROUNDS = 2000
 PFLLIB_BEST = {
     "dir01": {

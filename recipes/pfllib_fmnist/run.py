@@ -1,4 +1,4 @@
-r"""Reproduces PFLlib's Fashion-MNIST leaderboard (METHODS.md §0) with lit_fed, method by method.
+r"""Reproduces PFLlib's Fashion-MNIST leaderboard (Zhang et al. 2023) with lit_fed, method by method.
 
 For each partition (Dirichlet(0.1), pathological 2 classes per client) and each method it runs, in this process,
 the equivalent of

@@ -2,7 +2,8 @@
 
 Xiao, Chen, Liu, Feng, Wu, Liu, Zhou, Yang and Liu, "FedLoGe: Joint Local and Generic Federated Learning under
 Long-tailed Data" (ICLR 2024). Official code: github.com/ZackZikaiXiao/FedLoGe (``fedloge.py``,
-``util/update_baseline.py::update_weights_gaux``). METHODS §5 gives the rules implemented here.
+``util/update_baseline.py::update_weights_gaux``). The paper's SSE-C representation learning and GLA-FR
+realignment are implemented as that code does them ([code]), except where a choice below is tagged [design].
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ GLOBAL_CLASSIFIERS = ("aux", "sse")
 
 
 def fedloge_sgd(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """FedLoGe's local optimizer: SGD, lr 0.03, momentum 0.5 ([code] ``options.py``; METHODS §5)."""
+    """FedLoGe's local optimizer: SGD, lr 0.03, momentum 0.5 ([code] ``options.py``)."""
     return torch.optim.SGD(params, lr=0.03, momentum=0.5)
 
 
@@ -77,7 +78,7 @@ class _StaticClassifier(nn.Module):
 
 
 class FedLoGeClient(FederatedClient):
-    r"""FedLoGe client (Xiao et al., ICLR 2024; METHODS §5): SSE-C representation learning + GLA-FR.
+    r"""FedLoGe client (Xiao et al., ICLR 2024): SSE-C representation learning + GLA-FR.
 
     **Modules.**
 
@@ -85,8 +86,9 @@ class FedLoGeClient(FederatedClient):
     * ``sse`` — SSE-C (:func:`~lit_fed.methods.fedloge.etf.build_sse_classifier`): a static sparse ETF classifier.
       Its weight and bias are non-persistent buffers, so they are in no optimizer, no ``state_dict``, no upload and
       no personal state: every client builds the *same* tensors locally from ``sse_seed`` (a pure function of the
-      arguments) and nothing about SSE-C is ever communicated. [design] (METHODS allows "built from the seed, never
-      communicated"; the official code builds it once on the server and deep-copies it to every client.) It is
+      arguments) and nothing about SSE-C is ever communicated. [design] (SSE-C is static — never trained — so
+      building it from a shared seed gives every client the same classifier; the official code builds it once on the
+      server and deep-copies it to every client.) It is
       built on first use, not in ``__init__`` (see :attr:`sse`).
     * ``aux_head`` ψ — the auxiliary global head: the backbone's own classifier (``backbone.get_classifier()``, a
       ``nn.Linear``), *shared* (FedAvg).

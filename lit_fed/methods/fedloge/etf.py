@@ -3,7 +3,7 @@
 * :func:`simplex_etf` — the dense simplex ETF of neural collapse (Papyan et al. 2020), as constructed by the
   FedLoGe and FedETF official code: ``P`` = QR of ``U[0,1)^{d×C}``, ``M = √(C/(C−1)) P (I − 11ᵀ/C)``. Its ``C``
   columns have unit norm and pairwise cosine ``−1/(C−1)``.
-* :func:`build_sse_classifier` — FedLoGe's SSE-C (Xiao et al., ICLR 2024; METHODS §5): the simplex ETF
+* :func:`build_sse_classifier` — FedLoGe's SSE-C (Xiao et al., ICLR 2024): the simplex ETF
   with a random 60% of its entries zeroed, whose non-zeros are refined with Adam (masked gradient) to class-vector
   norms ``0.1`` and large nearest-neighbour angles. **[code]** ``util/etf_methods.py::gen_sparse_ETF``.
 * :func:`etf_geometry` — the class-vector norms and nearest-neighbour angles of a classifier (diagnostics, tests).
@@ -209,7 +209,7 @@ def build_sse_classifier(
     target_norm: float = 0.1,
     seed: int = 0,
 ) -> SSEClassifier:
-    r"""FedLoGe's static sparse ETF classifier, SSE-C (Xiao et al., ICLR 2024; METHODS §5).
+    r"""FedLoGe's static sparse ETF classifier, SSE-C (Xiao et al., ICLR 2024).
 
     1. ``M`` = :func:`simplex_etf` ``(d, C)``.
     2. Zero ``⌊sparsity · d · C⌋`` entries chosen uniformly at random without replacement (exactly that many;

@@ -1,4 +1,4 @@
-"""GLA-FR: FedLoGe's Global and Local Adaptive Feature Realignment (Xiao et al., ICLR 2024; METHODS §5).
+"""GLA-FR: FedLoGe's Global and Local Adaptive Feature Realignment (Xiao et al., ICLR 2024).
 
 Post-hoc, training-free transforms of the auxiliary global head ``ψ`` (rows ``ψ_c``, a ``(C, d)`` weight):
 
@@ -46,7 +46,7 @@ def norm_transfer(aux_weight: Tensor, local_weight: Tensor, normalize: bool = Fa
     Args:
         aux_weight: ``(C, d)`` the auxiliary global head ``ψ``.
         local_weight: ``(C, d)`` the client's local head ``φ_k``.
-        normalize: ``False`` (default, METHODS §5 and [code] ``update_weights_norm_init``): scale the raw ``ψ_c``,
+        normalize: ``False`` (default, [code] ``update_weights_norm_init``): scale the raw ``ψ_c``,
             so ``‖ψ_{k,c}‖ = ‖φ_{k,c}‖ · ‖ψ_c‖``. ``True`` ([design]): scale the unit direction ``ψ_c / ‖ψ_c‖``, so
             ``‖ψ_{k,c}‖ = ‖φ_{k,c}‖`` — the local head's norms are transferred onto ``ψ``'s directions.
 
