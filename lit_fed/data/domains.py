@@ -187,9 +187,14 @@ class DomainShiftDataModule(FederatedDataModule):
         if self._built is not None:
             return
         super().setup(stage)
-        source = self.dataset.load()
-        mean = torch.tensor(source.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(source.std, dtype=torch.float32).view(1, -1, 1, 1)
+        if not self.built.global_test:
+            self._built = None
+            raise ValueError(
+                "DomainShiftDataModule: the source has no test set to restyle as the held-out domain; use a "
+                "dataset with a test set"
+            )
+        mean = torch.tensor(self.built.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(self.built.std, dtype=torch.float32).view(1, -1, 1, 1)
 
         def restyle(images: Tensor, spec: str, chunk: int = 8192) -> None:
             for start in range(0, images.shape[0], chunk):

@@ -9,9 +9,12 @@ big-endian. Reading it directly with NumPy avoids a torchvision download when th
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
+
+from lit_fed.data.files import DataFileError
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -27,11 +30,17 @@ IDX_DTYPES: dict[int, np.dtype] = {
 
 
 def _read_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {'is a directory, not a file' if path.is_dir() else 'no such file'}")
     with open(path, "rb") as handle:
         head = handle.read(2)
-    opener = gzip.open if head == _GZIP_MAGIC else open
-    with opener(path, "rb") as handle:
-        return handle.read()
+    if head != _GZIP_MAGIC:
+        return path.read_bytes()
+    try:
+        with gzip.open(path, "rb") as handle:
+            return handle.read()
+    except (EOFError, OSError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        raise DataFileError(f"{path}: truncated or corrupt gzip data: {error}") from error
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -44,24 +53,27 @@ def read_idx(path: str | Path) -> np.ndarray:
         An array of the file's shape in native byte order (``uint8`` for images and labels).
 
     Raises:
-        ValueError: If the magic number, the type code or the payload size is invalid.
+        FileNotFoundError: ``path`` does not exist.
+        DataFileError: (a ``ValueError``) If the gzip stream is truncated or corrupt, or the magic number, the
+            type code or the payload size is invalid; the message starts with ``path``.
     """
     path = Path(path)
     data = _read_bytes(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path} is not an IDX file: bad magic number {data[:4].hex() or '<empty>'}")
+        raise DataFileError(f"{path}: not an IDX file: bad magic number {data[:4].hex() or '<empty>'}")
     code, ndim = data[2], data[3]
     if code not in IDX_DTYPES:
-        raise ValueError(f"{path}: unknown IDX type code 0x{code:02x} (known: {sorted(IDX_DTYPES)})")
+        raise DataFileError(f"{path}: unknown IDX type code 0x{code:02x} (known: {sorted(IDX_DTYPES)})")
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes for {ndim} dimensions)")
+        raise DataFileError(f"{path}: truncated IDX header ({len(data)} bytes for {ndim} dimensions)")
     shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = IDX_DTYPES[code]
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) - header != expected:
-        raise ValueError(
-            f"{path}: IDX payload has {len(data) - header} bytes, expected {expected} for shape {shape} "
+        problem = "truncated" if len(data) - header < expected else "trailing bytes after the"
+        raise DataFileError(
+            f"{path}: {problem} IDX payload: {len(data) - header} bytes, expected {expected} for shape {shape} "
             f"and dtype {dtype}"
         )
     array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)

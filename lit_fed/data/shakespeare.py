@@ -46,8 +46,9 @@ from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
 from lit_fed.data.batching import sequential_loader, shuffled_loader
-from lit_fed.data.datamodule import FederatedDataModule
+from lit_fed.data.datamodule import POOLED_CLIENT_TESTS, FederatedDataModule
 from lit_fed.data.datasets import default_data_root
+from lit_fed.data.partition_file import PARTITION_FILE_NAME, PartitionFile
 from lit_fed.utils.seeding import numpy_rng, torch_generator
 
 __all__ = [
@@ -170,6 +171,10 @@ class _Corpus:
     test_starts: list[Tensor]
     train_speeches: list[int]
     test_speeches: list[int]
+    train_ids: list[np.ndarray]  # per client, speech ids (see ShakespeareDataModule.save_partition)
+    test_ids: list[np.ndarray]
+    num_speeches: int  # speeches of all speakers in the file
+    source: str
 
 
 class ShakespeareDataModule(FederatedDataModule):
@@ -272,7 +277,11 @@ class ShakespeareDataModule(FederatedDataModule):
             raise ValueError(
                 f"ShakespeareDataModule: no speaker has >= {self.min_speeches} speeches in {file}; lower min_speeches"
             )
+        offsets, num_speeches = {}, 0  # speech ids: speaker by speaker, in order of first appearance
+        for name, speeches in by_speaker.items():
+            offsets[name], num_speeches = num_speeches, num_speeches + len(speeches)
         train_texts, test_texts, train_counts, test_counts = [], [], [], []
+        all_train_ids, all_test_ids = [], []
         for client, name in enumerate(kept):
             speeches = by_speaker[name]
             permutation = numpy_rng(self.seed, "split", client).permutation(len(speeches))
@@ -282,6 +291,8 @@ class ShakespeareDataModule(FederatedDataModule):
             test_texts.append("".join(speeches[i] + "\n" for i in test_ids))
             train_counts.append(int(train_ids.size))
             test_counts.append(int(test_ids.size))
+            all_train_ids.append(train_ids.astype(np.int64) + offsets[name])
+            all_test_ids.append(test_ids.astype(np.int64) + offsets[name])
         pieces = train_texts + test_texts
         tokens = torch.tensor([lookup[ch] for piece in pieces for ch in piece], dtype=torch.int64)
         offsets = np.cumsum([0] + [len(p) for p in pieces])
@@ -304,6 +315,10 @@ class ShakespeareDataModule(FederatedDataModule):
             test_starts=starts[len(kept) :],
             train_speeches=train_counts,
             test_speeches=test_counts,
+            train_ids=all_train_ids,
+            test_ids=all_test_ids,
+            num_speeches=num_speeches,
+            source=str(file),
         )
 
     @property
@@ -382,6 +397,12 @@ class ShakespeareDataModule(FederatedDataModule):
         """``(vocab,)`` counts of the next characters of a client's train windows."""
         self._check_client(client_id)
         return torch.bincount(self._targets(self.corpus.train_starts[client_id]), minlength=self.num_classes)
+
+    @property
+    @override
+    def global_test_name(self) -> str:
+        """``"pooled client test splits"``: the global model is evaluated on the union of the clients' test splits."""
+        return POOLED_CLIENT_TESTS
 
     # -- loaders -------------------------------------------------------------------------------------------
     @override
@@ -463,3 +484,36 @@ class ShakespeareDataModule(FederatedDataModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=100)
         return path
+
+    @override
+    def save_partition(self, directory: str | Path) -> Path:
+        """Writes the speech-level split actually used to ``directory/partition.json``.
+
+        Indices are speech ids: speaker by speaker in order of first appearance in the file
+        (:func:`parse_speeches`), each speaker's speeches in file order; ``client_names`` are the speakers. The
+        split is a pure function of the corpus, ``min_speeches``/``max_clients``, ``train_fraction`` and ``seed``.
+
+        Returns:
+            The written file.
+        """
+        corpus = self.corpus
+        record = PartitionFile(
+            source="tiny Shakespeare",
+            source_config=corpus.source,
+            index_space="speeches, speaker by speaker (parse_speeches order)",
+            num_source_samples=corpus.num_speeches,
+            seed=int(self.seed),
+            train=corpus.train_ids,
+            test=corpus.test_ids,
+            client_names=list(corpus.speakers),
+            metadata={
+                "datamodule": type(self).__name__,
+                "seq_len": self.seq_len,
+                "stride": self.stride,
+                "min_speeches": self.min_speeches,
+                "max_clients": self.max_clients,
+                "train_fraction": self.train_fraction,
+                "global_test": POOLED_CLIENT_TESTS,
+            },
+        )
+        return record.write(Path(directory) / PARTITION_FILE_NAME)

@@ -118,3 +118,26 @@ def test_real_corpus_has_52_speakers_with_50_speeches():
     dm.setup()
     assert dm.num_clients == 52 and dm.num_classes == 65
     assert dm.speakers[0] == "GLOUCESTER"
+
+
+def test_global_test_is_the_pooled_client_test_splits(corpus):
+    dm = ShakespeareDataModule(path=str(corpus), seq_len=10, stride=2, min_speeches=2)
+    assert dm.global_test_name == "pooled client test splits"
+
+
+def test_save_partition_writes_the_speech_split(corpus, tmp_path):
+    from lit_fed.data import read_partition
+
+    dm = ShakespeareDataModule(path=str(corpus), seq_len=10, stride=2, min_speeches=2, seed=4)
+    record = read_partition(dm.save_partition(tmp_path / "run"))
+    assert record.client_names == ["ALPHA", "Second Citizen", "GAMMA"]
+    assert (record.num_source_samples, record.seed, record.source_config) == (15, 4, str(corpus))
+    speeches = parse_speeches(corpus.read_text())
+    flat = [speech for name in speeches for speech in speeches[name]]  # the file's speech ids
+    for client, (offset, count) in enumerate([(0, 8), (8, 4), (12, 2)]):
+        train, test = record.train[client], record.test[client]
+        assert sorted(train.tolist() + test.tolist()) == list(range(offset, offset + count))
+        expected_text = "".join(flat[i] + "\n" for i in train)
+        train_starts, _ = dm.client_indices(client)
+        first_window = dm.decode(dm.corpus.tokens[train_starts[0] : train_starts[0] + 10])
+        assert expected_text.startswith(first_window)
