@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from lit_fed.data import ClientDataModule, FashionMNIST, PFLlibFolder, dirichlet_partition, split_train_test
 from lit_fed.data.datasets import IDX_FILE_STEMS
@@ -65,24 +66,37 @@ def test_make_folder_writes_every_sample_once_in_pfllib_layout(tmp_path, fake_fm
         np.testing.assert_array_equal(dm.client_label_counts(client).numpy(), np.bincount(labels[train], minlength=10))
 
 
-def test_the_recipe_config_is_one_change_to_the_quickstart(tmp_path, fake_fmnist):
+def test_the_recipe_config_is_the_quickstart_with_one_change():
+    quickstart = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    recipe = yaml.safe_load((RECIPE / "pfllib_fmnist.yaml").read_text())
+    assert recipe["data"] == {
+        "class_path": "lit_fed.data.ClientDataModule",
+        "init_args": {
+            "clients": {"class_path": "lit_fed.data.PFLlibFolder", "init_args": {"root": "data/fmnist_pfllib"}},
+            "batch_size": 10,
+        },
+    }
+    assert recipe["trainer"].pop("run_dir") == "runs/bring_your_own_split"
+    quickstart["trainer"].pop("run_dir")
+    assert {k: v for k, v in recipe.items() if k != "data"} == {k: v for k, v in quickstart.items() if k != "data"}
+
+
+@pytest.mark.parametrize(
+    "configs",
+    [
+        [RECIPE / "pfllib_fmnist.yaml"],
+        [ROOT / "configs" / "quickstart.yaml", ROOT / "configs" / "data" / "pfllib_folder.yaml"],
+    ],
+    ids=["recipe", "stacked"],
+)
+def test_lit_fed_fit_builds_the_client_datamodule(tmp_path, fake_fmnist, configs):
     from lit_fed.cli import build_cli
 
     out = load_recipe().make_folder(tmp_path / "fed", num_clients=3, alpha=1.0, source=fake_fmnist)
-    cli = build_cli(
-        args=[
-            "--config",
-            str(ROOT / "configs" / "quickstart.yaml"),
-            "--config",
-            str(RECIPE / "pfllib_fmnist.yaml"),
-            "--data.clients.init_args.root",
-            str(out),
-        ],
-        run=False,
-    )
+    args = [item for config in configs for item in ("--config", str(config))]
+    cli = build_cli(args=[*args, "--data.clients.init_args.root", str(out)], run=False)
     data = cli.datamodule
     assert isinstance(data, ClientDataModule)
     assert data.clients == PFLlibFolder(str(out))
-    assert (data.batch_size, data.num_clients) == (10, 3)  # batch_size kept from the quickstart
+    assert (data.batch_size, data.num_clients, data.seed) == (10, 3, 0)
     assert data.global_test_name == "pooled client test splits"
-    assert cli.config.trainer.run_dir == "runs/bring_your_own_split"
