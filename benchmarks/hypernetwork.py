@@ -5,7 +5,7 @@ clients' updates only, so a round's server cost must not grow with the number of
 embedding table — N × d_e, with d_e = 1 + N/4 for pFedHN — and its weight decay do, negligibly). Two measurements:
 
 * ``server``: one round of the strategy alone — ``configure_train`` (batched generation with the graph),
-  ``aggregate_train`` (FedAvg of the shared keys), ``server_train`` (the vector–Jacobian product and the SGD step on
+  ``aggregate_train`` (FedAvg of the shared keys), the server step (the vector–Jacobian product and the SGD step on
   φ) — with synthetic client updates ``θ̃ = θ − 10⁻³·ε``; median over ``--repeats`` rounds after one warm-up round.
 * ``loop``: a whole FederatedLoop round (client fits included) on tiny synthetic data with an MLP target (pFedHN) or
   a tiny ViT (FedTP), evaluation off; median over the rounds after the first.
@@ -32,7 +32,7 @@ from lit_fed.client.payloads import ClientUpdate
 from lit_fed.data import Dirichlet, FederatedDataModule, Synthetic
 from lit_fed.methods import FedTP, FedTPClient, HypernetworkStrategy, PFedHN, PFedHNClient
 from lit_fed.models import MLP, FedAvgCNN, ViT, vit_cifar, vit_tiny
-from lit_fed.server.strategy import ServerContext
+from lit_fed.server import ServerContext
 
 
 def target_client(method: str, target: str) -> PFedHNClient | FedTPClient:
@@ -52,7 +52,6 @@ def server_round_seconds(method: str, target: str, num_clients: int, sampled: in
     client = target_client(method, target)
     strategy = strategy_for(method)
     strategy.setup(client.generated_shapes(), num_clients, seed=0)
-    strategy.bound = True
     shared = client.shared_state()
     context = ServerContext(round=0)
     generator = torch.Generator().manual_seed(0)
@@ -72,7 +71,8 @@ def server_round_seconds(method: str, target: str, num_clients: int, sampled: in
             for m in messages
         ]
         state = strategy.aggregate_train(rnd, updates, shared)
-        strategy.server_train(state, updates, context)
+        for step in strategy.server_steps():  # the hypernetwork's step on φ
+            step.run(state, updates, context)
         if rnd:  # the first round warms up allocators and kernels
             times.append(time.perf_counter() - started)
     return statistics.median(times)

@@ -31,7 +31,7 @@ class FederatedCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Saves the full resolved config as ``<run_dir>/config.yaml`` (the federated fit has no Lightning hooks)."""
-        run_dir = Path(self.trainer.federation["run_dir"])
+        run_dir = Path(self.trainer.settings.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         parser = self._parser(self.subcommand)
         parser.save(self.config[self.subcommand], run_dir / "config.yaml", skip_none=False, overwrite=True)

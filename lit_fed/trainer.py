@@ -17,12 +17,13 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from rich.console import Console
 
-from lit_fed.loop.async_loop import AsyncFederatedLoop, Asynchronous
+from lit_fed.loop.asynchronous import Asynchronous
 from lit_fed.loop.backend import Backend, BackendName, resolve_backend
 from lit_fed.loop.callbacks import LoopCallback
 from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
+from lit_fed.loop.settings import FederationSettings
 from lit_fed.loop.state_store import ClientStateStore
-from lit_fed.server.strategy import Strategy
+from lit_fed.server.strategy import ServerStep, Strategy
 
 _TRAINER_DEFAULTS = {
     name: p.default
@@ -49,11 +50,13 @@ class FederatedTrainer(L.Trainer):
         run_dir: Output directory (logs, plots, checkpoints, the saved config).
         checkpoint_every: Round-checkpoint period (0 disables).
         keep_checkpoints: Round checkpoints kept besides ``last.ckpt``.
-        round_callbacks: Round-level loop callbacks.
+        round_callbacks: Round-level loop callbacks (a config appends to the list with ``round_callbacks+:``).
+        server_steps: Server steps after the strategy's own (ensemble distillation, classifier calibration, ...;
+            a config appends with ``server_steps+:``, so steps of stacked method configs compose).
         progress: Show the rounds progress bar and the final table.
         asynchronous: If set, clients report asynchronously (concurrency, latency distribution, staleness
-            discount ``1/(1+τ)``): the run uses :class:`~lit_fed.loop.async_loop.AsyncFederatedLoop`, where a round
-            is ``concurrency`` applied updates. ``None`` (default): synchronous rounds.
+            discount ``1/(1+τ)``; :mod:`lit_fed.loop.asynchronous`), where a round is ``concurrency`` applied
+            updates. ``None`` (default): synchronous rounds.
         shot_thresholds: ``(few_below, many_above)`` per-class training counts defining few/medium/many-shot
             classes; on long-tailed data the evaluation reports accuracy per group.
         backend: What runs the rounds: ``"sequential"`` (the in-process loop, default), ``"flower-simulation"``
@@ -82,6 +85,7 @@ class FederatedTrainer(L.Trainer):
         checkpoint_every: int = 1,
         keep_checkpoints: int = 2,
         round_callbacks: Sequence[LoopCallback] = (),
+        server_steps: Sequence[ServerStep] = (),
         progress: bool = True,
         asynchronous: Asynchronous | None = None,
         shot_thresholds: tuple[int, int] = (20, 100),
@@ -93,32 +97,34 @@ class FederatedTrainer(L.Trainer):
         for key in ("max_epochs", "max_steps"):
             if key in user_set:
                 raise ValueError(f"FederatedTrainer: set local_epochs/local_steps instead of trainer.{key}")
-        self.federation: dict[str, Any] = {
-            "rounds": rounds,
-            "strategy": server,
-            "client_fraction": client_fraction,
-            "client_dropout": client_dropout,
-            "local_epochs": local_epochs,
-            "local_steps": local_steps,
-            "eval_every": eval_every,
-            "personalized_eval": personalized_eval,
-            "seed": seed,
-            "state_store": state_store,
-            "run_dir": run_dir,
-            "checkpoint_every": checkpoint_every,
-            "keep_checkpoints": keep_checkpoints,
-            "callbacks": list(round_callbacks),
-            "progress": progress,
-            "shot_thresholds": tuple(shot_thresholds),
-        }
+        self.server = server
+        self.state_store = state_store
+        self.round_callbacks = list(round_callbacks)
+        self.server_steps = list(server_steps)
         logger = user_set.pop("logger", None)
         self.round_loggers = None if logger in (None, True) else ([] if logger is False else logger)
         if self.round_loggers is not None and not isinstance(self.round_loggers, list):
             self.round_loggers = [self.round_loggers]
-        self.client_kwargs = {k: v for k, v in user_set.items() if k not in _OUTER_ONLY}
+        client_kwargs = {k: v for k, v in user_set.items() if k not in _OUTER_ONLY}
         if callbacks:
-            self.client_kwargs["callbacks"] = callbacks if isinstance(callbacks, list) else [callbacks]
-        self.asynchronous = asynchronous
+            client_kwargs["callbacks"] = callbacks if isinstance(callbacks, list) else [callbacks]
+        self.settings = FederationSettings(
+            rounds=rounds,
+            client_fraction=client_fraction,
+            client_dropout=client_dropout,
+            local_epochs=local_epochs,
+            local_steps=local_steps,
+            eval_every=eval_every,
+            personalized_eval=personalized_eval,
+            seed=seed,
+            trainer_kwargs=client_kwargs,
+            run_dir=run_dir,
+            checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep_checkpoints,
+            progress=progress,
+            shot_thresholds=tuple(shot_thresholds),
+            asynchronous=asynchronous,
+        )
         self.backend = resolve_backend(backend)
         self.federated_result: FederatedResult | None = None
         # The outer Trainer trains nothing: every user setting went to the client Trainers above. ``**kwargs`` is
@@ -136,22 +142,16 @@ class FederatedTrainer(L.Trainer):
         super().__init__(**kwargs)
 
     def build_loop(self, model: L.LightningModule, datamodule: Any) -> FederatedLoop:
-        """The FederatedLoop this trainer's settings describe (an AsyncFederatedLoop when ``asynchronous`` is set)."""
-        if self.asynchronous is not None:
-            return AsyncFederatedLoop(
-                model,
-                datamodule,
-                trainer_kwargs=self.client_kwargs,
-                loggers=self.round_loggers,
-                asynchronous=self.asynchronous,
-                **self.federation,
-            )
+        """The FederatedLoop this trainer's settings describe, for ``model`` and ``datamodule``."""
         return FederatedLoop(
             model,
             datamodule,
-            trainer_kwargs=self.client_kwargs,
+            self.server,
+            self.settings,
+            callbacks=self.round_callbacks,
+            server_steps=self.server_steps,
+            state_store=self.state_store,
             loggers=self.round_loggers,
-            **self.federation,
         )
 
     def fit(  # type: ignore[override]

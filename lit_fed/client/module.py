@@ -132,6 +132,13 @@ class FederationMixin:
             regularizer.on_round_start(self, message)
         self._loss_sum, self._loss_steps = None, 0
 
+    def receive_evaluation(self, message: ServerMessage) -> None:  # noqa: B027
+        """Called after the global state of a model to evaluate was loaded (the server's ``configure_evaluate``).
+
+        Override to take what the method's server adds for evaluation from ``message.extras`` (e.g. personal
+        tensors it generates for the client). Default: nothing.
+        """
+
     def extra_losses(self, batch: Any, output: StepOutput | None) -> dict[str, Tensor]:
         """The method's loss terms for this batch, by name; added to the task loss. Default: regularizers."""
         return {regularizer.name: regularizer(self) for regularizer in self.regularizers}

@@ -1,15 +1,20 @@
-"""Typed payloads exchanged between the server and a client in one round.
+"""Typed payloads exchanged between the server and a client.
 
-What the server sends (:class:`ServerMessage`) and what a client returns (:class:`ClientUpdate`) are
-dataclasses, not dictionaries of magic strings: a strategy and its client module are checked to agree on
-the fields at construction time, and the byte accounting in :mod:`lit_fed.client.serialization` knows
-exactly what travels.
+What the server sends (:class:`ServerMessage`) and what a client returns after training (:class:`ClientUpdate`)
+are dataclasses, not dictionaries of magic strings. They hold only what every method has — the state, the sample
+count, scalar metrics — plus an ``extras`` mapping of tensors whose keys a method owns (its module defines them),
+so the byte accounting in :mod:`lit_fed.client.serialization` and the Flower records know exactly what travels
+without knowing any method.
+
+Anything else a method asks of its clients is a :class:`~lit_fed.client.tasks.ClientTask` answered with a
+:class:`Payload`; every payload class (these two included) is a dataclass registered by subclassing
+:class:`Payload`, so :mod:`lit_fed.client.codec` can send it through any backend.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -18,40 +23,42 @@ StateDict = dict[str, Tensor]
 """A flat mapping of parameter/buffer names (the client module's ``state_dict`` keys) to tensors."""
 
 
-@dataclass
-class FeatureStatistics:
-    """Per-class feature statistics uploaded by a client (used by CCVR-style calibration).
+class Payload:
+    """Base of the dataclasses that travel between the server and clients (messages, updates, task answers).
 
-    Attributes:
-        means: ``(C, d)`` per-class feature means.
-        covariances: ``(C, d, d)`` per-class unbiased covariances (divisor ``N_c - 1``).
-        counts: ``(C,)`` per-class sample counts.
+    Subclasses are registered under ``"<module>:<qualname>"`` (:meth:`registered`), the name the codec writes on the
+    wire; only registered classes are rebuilt from received bytes. Fields may be tensors, state dicts, scalars,
+    strings, ``None``, lists, tuples, string- or int-keyed dicts and other payloads.
     """
 
-    means: Tensor
-    covariances: Tensor
-    counts: Tensor
+    registry: ClassVar[dict[str, type[Payload]]] = {}
 
-    def __post_init__(self) -> None:
-        num_classes = self.counts.shape[0]
-        if self.means.shape[0] != num_classes or self.covariances.shape[0] != num_classes:
-            raise ValueError(
-                f"FeatureStatistics: means {tuple(self.means.shape)}, covariances "
-                f"{tuple(self.covariances.shape)} and counts {tuple(self.counts.shape)} disagree on the class count"
-            )
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Payload.registry[f"{cls.__module__}:{cls.__qualname__}"] = cls
+
+    @classmethod
+    def wire_name(cls) -> str:
+        """The name this class travels under."""
+        return f"{cls.__module__}:{cls.__qualname__}"
+
+    @staticmethod
+    def registered(name: str) -> type[Payload] | None:
+        """The payload class registered under ``name``, if its module has been imported."""
+        return Payload.registry.get(name)
 
 
 @dataclass
-class ServerMessage:
-    """What the server sends to one sampled client at the start of a round.
+class ServerMessage(Payload):
+    """What the server sends to one client: a training instruction, or the model to evaluate.
 
     Attributes:
-        round: The round index (0-based).
+        round: The round index (0-based; asynchronous mode: the global model version the client starts from).
         client_id: The receiving client.
-        state: Shared tensors the client loads before training (keys of the client module's state dict).
-        extras: Method-specific tensors, e.g. hypernetwork-generated personal parameters (pFedHN, FedTP)
-            or a server-trained generator's state (FedGen). Tensor values are counted as downloaded bytes.
-        config: Plain, JSON-like per-round settings for the client (e.g. a learning-rate schedule value).
+        state: Shared tensors the client loads (keys of the client module's state dict).
+        extras: Method-owned tensors (keys defined by the method's module), e.g. personal tensors the server
+            generated for this client, or a server-trained model the client distils from. Counted as downloaded.
+        config: Plain, JSON-like settings for the client (e.g. a request flag or a schedule value).
         wire_nbytes: Bytes actually sent when a wrapper compressed the message (its serialized size); ``None``:
             the message travels as-is and its size is that of its wire encoding.
     """
@@ -65,18 +72,17 @@ class ServerMessage:
 
 
 @dataclass
-class ClientUpdate:
+class ClientUpdate(Payload):
     """What a client returns after local training.
 
     Attributes:
         client_id: The sending client.
         round: The round the update was trained in (may lag the server's round in asynchronous mode).
         state: The trained shared tensors, on CPU, with the same keys and shapes as the message's state.
-        num_samples: Number of local training samples (the FedAvg weight ``n_k``).
+        num_samples: Number of local training samples (the aggregation weight ``n_k``).
         metrics: Scalar training metrics (e.g. mean training loss).
-        label_counts: Optional ``(C,)`` per-class training-sample counts (FedGen).
-        feature_stats: Optional per-class feature statistics (CCVR).
-        extras: Optional method-specific tensors (e.g. trained hypernetwork targets).
+        extras: Method-owned tensors (keys defined by the method's module), e.g. trained tensors the server
+            generated or per-class label counts. Counted as uploaded and screened for non-finite values.
         wire_nbytes: Bytes actually sent when a wrapper compressed the update (its serialized size); ``None``:
             the update travels as-is and its size is that of its wire encoding.
     """
@@ -86,8 +92,6 @@ class ClientUpdate:
     state: StateDict
     num_samples: int
     metrics: dict[str, float] = field(default_factory=dict)
-    label_counts: Tensor | None = None
-    feature_stats: FeatureStatistics | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
     wire_nbytes: int | None = None
 

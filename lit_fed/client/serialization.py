@@ -90,13 +90,6 @@ def decode_tensors(data: bytes) -> dict[str, Tensor]:
 def _update_tensors(update: ClientUpdate) -> dict[str, Tensor]:
     tensors = {f"state/{k}": v for k, v in update.state.items()}
     tensors.update({f"extras/{k}": v for k, v in update.extras.items()})
-    if update.label_counts is not None:
-        tensors["label_counts"] = update.label_counts
-    if update.feature_stats is not None:
-        stats = update.feature_stats
-        tensors.update(
-            {"stats/means": stats.means, "stats/covariances": stats.covariances, "stats/counts": stats.counts}
-        )
     return tensors
 
 
@@ -110,7 +103,7 @@ def message_nbytes(message: ServerMessage) -> int:
 
 
 def update_nbytes(update: ClientUpdate) -> int:
-    """Bytes a client update occupies on the wire (state, extras, label counts, statistics), or its compressed size."""
+    """Bytes a client update occupies on the wire (state and tensor extras), or its compressed size if set."""
     if update.wire_nbytes is not None:
         return update.wire_nbytes
     return encoded_size(_update_tensors(update))

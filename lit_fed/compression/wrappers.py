@@ -18,10 +18,10 @@ Which parts of a payload are compressed [design, the rule this module enforces]:
   dense_max_dim``, e.g. biases), which travel as their *absolute* values so they arrive bit-exact;
 * non-float state tensors (integer buffers such as ``num_batches_tracked``) and float tensors without a
   reference travel dense, as values;
-* an update's ``label_counts`` travel dense (``C`` integers, nothing to delta-compress);
-* an update's tensor ``extras`` and ``feature_stats`` cannot be delta-compressed (the server holds no reference
-  for them): :class:`CompressUpload` refuses them with a ``ValueError`` naming the method, unless
-  ``dense_extras=True``, which sends them dense and counts them;
+* an update's integer ``extras`` (e.g. label counts) travel dense (nothing to delta-compress);
+* an update's floating-point ``extras`` cannot be delta-compressed (the server holds no reference for them):
+  :class:`CompressUpload` refuses them with a ``ValueError`` naming the method, unless ``dense_extras=True``, which
+  sends them dense and counts them;
 * a method whose shared state holds no floating-point tensor has nothing to compress: refused at setup
   (``on_round_start`` of the first round run), with a ``ValueError`` naming the method;
 * a message's tensor extras (a FedDG amplitude bank, hypernetwork outputs) travel dense and are counted.
@@ -64,6 +64,7 @@ from lit_fed.loop.state_store import ClientStateStore, InMemoryStateStore
 from lit_fed.utils.seeding import torch_generator
 
 if TYPE_CHECKING:
+    from lit_fed.client.worker import ClientWorker
     from lit_fed.loop.federated_loop import FederatedLoop
 
 log = logging.getLogger("lit_fed")
@@ -265,8 +266,8 @@ class _CompressionCallback(LoopCallback):
         self.meter.start_round()
         self._round_compressor = self.compressor.at_round(round, loop.rounds)
 
-    def _generator(self, loop: FederatedLoop, round: int, client_id: int) -> torch.Generator:
-        return torch_generator(loop.seed, "compress", self.direction, round, client_id)
+    def _generator(self, run: FederatedLoop | ClientWorker, round: int, client_id: int) -> torch.Generator:
+        return torch_generator(run.seed, "compress", self.direction, round, client_id)
 
     @override
     def on_round_end(self, loop: FederatedLoop, round: int, metrics: dict[str, Any]) -> None:
@@ -279,10 +280,9 @@ class _CompressionCallback(LoopCallback):
             f"mb_{self.direction}_sent_total": self.meter.total_sent / 1e6,
             **{k: v for k, v in extra.items() if k.endswith("_total")},
         }
-        run_dir = getattr(loop, "run_dir", None)
-        if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / f"compression_{self.direction}.json").write_text(json.dumps(summary, indent=1) + "\n")
+        run_dir = loop.settings.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / f"compression_{self.direction}.json").write_text(json.dumps(summary, indent=1) + "\n")
         if round == loop.rounds - 1:
             line = (
                 f"{type(self).__name__}[{type(self.compressor).__name__}]: {self.meter.total_sent / 1e6:.3f} MB "
@@ -290,7 +290,7 @@ class _CompressionCallback(LoopCallback):
                 f"(compression ratio {extra[f'compression_ratio_{self.direction}_total']:.2f}x)"
             )
             log.info(line)
-            if getattr(loop, "progress", False):
+            if loop.settings.progress:
                 from rich.console import Console
 
                 Console().print(line)
@@ -309,7 +309,7 @@ class _CompressionCallback(LoopCallback):
 
 
 class CompressUpload(_CompressionCallback):
-    """Compresses every client's upload: ``g = w_k − w_g`` (+ residual) through a compressor (METHODS §6).
+    """Compresses every client's upload ``g = w_k − w_g`` (+ residual) (Aji & Heafield 2017; Lin et al. 2018).
 
     Works with any method that uploads a model state (FedAvg, FedProx, FedBN, FedPer, Ditto, ...): the strategy
     receives ``w_g + ĝ`` and is unchanged. See the module docstring for which parts are compressed and the
@@ -321,12 +321,12 @@ class CompressUpload(_CompressionCallback):
             Heafield 2017), per client, and add it to the next update.
         momentum: DGC momentum correction with momentum factor masking (Lin et al. 2018; needs ``residual``
             and a sparsifier); 0 disables it.
-        dense_extras: Send an update's tensor ``extras`` / ``feature_stats`` dense (counted) instead of refusing.
+        dense_extras: Send an update's floating-point ``extras`` dense (counted) instead of refusing them.
         store: Where per-client residuals/velocities live (default: in memory, CPU). They are checkpointed.
 
     Raises:
         ValueError: Invalid ``momentum``; at setup, a method without floating-point shared state; at the first
-            update that carries extras or feature statistics, unless ``dense_extras``.
+            update that carries floating-point extras, unless ``dense_extras``.
     """
 
     direction = "up"
@@ -345,39 +345,29 @@ class CompressUpload(_CompressionCallback):
         self.momentum = momentum
         self.dense_extras = dense_extras
 
-    def _side_tensors(self, loop: FederatedLoop, update: ClientUpdate) -> dict[str, Tensor]:
-        """The update's parts besides its state, keyed as in the dense wire format; refuses extras by default."""
-        side: dict[str, Tensor] = {}
-        if update.label_counts is not None:
-            side["label_counts"] = update.label_counts
-        carried = [
-            name for name, present in (("extras", update.extras), ("feature_stats", update.feature_stats)) if present
-        ]
-        if carried and not self.dense_extras:
+    def _side_tensors(self, worker: ClientWorker, update: ClientUpdate) -> dict[str, Tensor]:
+        """The update's extras, keyed as in the dense wire format; refuses floating-point ones by default."""
+        floating = sorted(k for k, v in update.extras.items() if torch.is_floating_point(v))
+        if floating and not self.dense_extras:
             raise ValueError(
-                f"CompressUpload: {type(loop.client).__name__} (client {update.client_id}, round {update.round}) "
-                f"uploads {' and '.join(carried)} besides its model state; they have no reference on the server and "
-                "cannot be delta-compressed. Set dense_extras=True to send them uncompressed (counted in the bytes)."
+                f"CompressUpload: {type(worker.module).__name__} (client {update.client_id}, round {update.round}) "
+                f"uploads floating-point extras {floating[:3]} besides its model state; they have no reference on the "
+                "server and cannot be delta-compressed. Set dense_extras=True to send them uncompressed (counted in "
+                "the bytes)."
             )
-        side.update({f"extras/{k}": v for k, v in update.extras.items()})
-        if update.feature_stats is not None:
-            stats = update.feature_stats
-            side.update(
-                {"stats/means": stats.means, "stats/covariances": stats.covariances, "stats/counts": stats.counts}
-            )
-        return side
+        return {f"extras/{k}": v for k, v in update.extras.items()}
 
     @override
-    def client_update(self, loop: FederatedLoop, update: ClientUpdate, message: ServerMessage) -> ClientUpdate:
+    def client_update(self, worker: ClientWorker, update: ClientUpdate, message: ServerMessage) -> ClientUpdate:
         """Compresses the update against ``message.state``; returns the decompressed update with ``wire_nbytes``."""
-        side = self._side_tensors(loop, update)
-        compressor = self.compressor.at_round(loop.round, loop.rounds)  # where the client trains (a node, too)
+        side = self._side_tensors(worker, update)
+        compressor = self.compressor.at_round(worker.round, worker.rounds)  # where the client trains (a node, too)
         deltas, dense = _split_state(update.state, message.state, compressor)
         previous = self.store.get(update.client_id)
         step = self.feedback.step(
             deltas,
             previous,
-            generator=self._generator(loop, update.round, update.client_id),
+            generator=self._generator(worker, update.round, update.client_id),
             compressor=compressor,
             wire_dtypes={key: update.state[key].dtype for key in deltas},
         )
@@ -420,11 +410,14 @@ class CompressDownload(_CompressionCallback):
     afterwards the server sends ``C(w_g − ŵ_k)`` and the client trains from ``ŵ_k ← ŵ_k + D(C(w_g − ŵ_k))``.
     Because the next delta is taken against the reconstruction, whatever a lossy download dropped is sent
     again later (implicit error feedback). With SVD this is FedKD's compressed download ("the server averages
-    reconstructions and re-compresses", METHODS §6). Dense keys (``dim() <= dense_max_dim``, non-float) and the
-    message's tensor extras travel as values and are counted.
+    reconstructions and re-compresses"; Wu et al. 2022, §3.4). Dense keys (``dim() <= dense_max_dim``, non-float)
+    and the message's tensor extras travel as values and are counted.
 
     Evaluation of the global model uses the server's exact global state; clients train from their
-    reconstructions, and an upload compressor placed after this one compresses against them.
+    reconstructions, and an upload compressor placed after this one compresses against them. In asynchronous mode
+    every dispatch is compressed against the client's reconstruction from its previous dispatch (a client is never
+    in flight twice, so that is what it holds), and its update's staleness step starts from the reconstruction it
+    trained from.
 
     Args:
         compressor: A :class:`~lit_fed.compression.base.Compressor`.
@@ -435,16 +428,6 @@ class CompressDownload(_CompressionCallback):
 
     def __init__(self, compressor: Compressor, store: ClientStateStore | None = None) -> None:
         super().__init__(compressor, store)
-
-    @override
-    def _check_setup(self, loop: FederatedLoop) -> None:
-        """Also refuses a loop that never asks callbacks for the server's messages (the asynchronous loop)."""
-        super()._check_setup(loop)
-        if getattr(loop, "asynchronous", None) is not None:
-            raise ValueError(
-                f"CompressDownload: {type(loop).__name__} dispatches messages without calling "
-                "LoopCallback.server_message, so downloads would silently stay dense; use the synchronous loop"
-            )
 
     @override
     def server_message(self, loop: FederatedLoop, message: ServerMessage) -> ServerMessage:

@@ -20,12 +20,13 @@ import os
 import shlex
 import warnings
 from pathlib import Path
+from typing import Any
 
-from flwr.app import Context, UserConfig
+from flwr.app import UserConfig
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
-from lit_fed.flower.backend import build_node_loop, node_loop_kwargs
+from lit_fed.client.worker import ClientWorker
 from lit_fed.flower.client_app import make_client_app
 from lit_fed.flower.server_app import make_server_app
 from lit_fed.loop.federated_loop import FederatedLoop
@@ -44,14 +45,24 @@ def cli_args(run_config: UserConfig, base_dir: str | os.PathLike[str] = ".") -> 
     return args
 
 
-def cli_loop(run_config: UserConfig, base_dir: str | os.PathLike[str] = ".") -> FederatedLoop:
-    """The loop ``lit-fed fit`` would run for the configs and overrides in ``run_config``."""
+def _cli(run_config: UserConfig, base_dir: str | os.PathLike[str]) -> Any:
     from lit_fed.cli import build_cli
 
     with warnings.catch_warnings():  # Flower's own process arguments are in sys.argv; ours are passed explicitly
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
-        cli = build_cli(args=cli_args(run_config, base_dir), run=False)
+        return build_cli(args=cli_args(run_config, base_dir), run=False)
+
+
+def cli_loop(run_config: UserConfig, base_dir: str | os.PathLike[str] = ".") -> FederatedLoop:
+    """The loop ``lit-fed fit`` would run for the configs and overrides in ``run_config`` (the server's side)."""
+    cli = _cli(run_config, base_dir)
     return cli.trainer.build_loop(cli.model, cli.datamodule)
+
+
+def cli_worker(run_config: UserConfig, base_dir: str | os.PathLike[str] = ".") -> ClientWorker:
+    """The client worker of the configs and overrides in ``run_config`` (a node's side; no loop is built)."""
+    cli = _cli(run_config, base_dir)
+    return ClientWorker(cli.model, cli.datamodule, cli.trainer.settings, callbacks=cli.trainer.round_callbacks)
 
 
 def config_server_app(base_dir: str | os.PathLike[str] = ".", *, timeout: float | None = None) -> ServerApp:
@@ -61,8 +72,4 @@ def config_server_app(base_dir: str | os.PathLike[str] = ".", *, timeout: float 
 
 def config_client_app(base_dir: str | os.PathLike[str] = ".") -> ClientApp:
     """A ClientApp training the client of the run config's lit-fed configs (``partition-id`` = client id)."""
-
-    def factory(context: Context) -> FederatedLoop:
-        return build_node_loop(node_loop_kwargs(cli_loop(context.run_config, base_dir)))
-
-    return make_client_app(factory)
+    return make_client_app(lambda context: cli_worker(context.run_config, base_dir))

@@ -3,8 +3,9 @@
 The server side (:func:`~lit_fed.flower.server_app.make_server_app`) runs the loop itself in this process — the
 same strategy, screening, aggregation, server-side training, global evaluation, loggers and round checkpoints as
 the in-process backend. Each client is a Flower SuperNode of the simulation (``partition-id`` = client id), whose
-ClientApp (:func:`~lit_fed.flower.client_app.make_client_app`) runs in a Ray actor: the node's loop (client module,
-datamodule, per-client Trainer settings, callbacks) is put in Ray's object store once and built once per actor.
+ClientApp (:func:`~lit_fed.flower.client_app.make_client_app`) runs in a Ray actor: the node's
+:class:`~lit_fed.client.worker.ClientWorker` (client module, data, settings, callbacks) is put in Ray's object store
+once and built once per actor.
 How many clients train at once follows from Ray's resources: ``ray_init_args["num_cpus"]`` (all cores by default)
 divided by ``client_resources["num_cpus"]``, likewise for GPUs.
 
@@ -27,51 +28,38 @@ from typing import Any
 from flwr.app import Context
 from typing_extensions import override
 
-from lit_fed.flower.client_app import make_client_app
+from lit_fed.client.worker import ClientWorker
+from lit_fed.flower.client_app import CALLBACK_PREFIX, make_client_app
 from lit_fed.flower.node_state import DirectoryState
 from lit_fed.flower.server_app import make_server_app
 from lit_fed.loop.backend import Backend
 from lit_fed.loop.callbacks import LoopCallback
 from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
+from lit_fed.loop.runner import SequentialRunner
 
 log = logging.getLogger("lit_fed")
 
 
-def node_loop_kwargs(loop: FederatedLoop) -> dict[str, Any]:
-    """What a node needs to rebuild ``loop``'s client side (module, data, local training settings, callbacks)."""
-    return {
-        "client": loop.client,
-        "datamodule": loop.datamodule,
-        "rounds": loop.rounds,
-        "client_fraction": loop.client_fraction,
-        "client_dropout": loop.client_dropout,
-        "local_epochs": loop.local_epochs,
-        "local_steps": loop.local_steps,
-        "eval_every": loop.eval_every,
-        "personalized_eval": loop.personalized_eval,
-        "seed": loop.seed,
-        "trainer_kwargs": loop.trainer_kwargs,
-        "run_dir": loop.run_dir,
-        "callbacks": loop.callbacks,
-        "shot_thresholds": loop.shot_thresholds,
-    }
+def worker_spec(loop: FederatedLoop) -> dict[str, Any]:
+    """What a node needs to build ``loop``'s client side: module, data, settings and the loop callbacks."""
+    return {"module": loop.client, "data": loop.datamodule, "settings": loop.settings, "callbacks": loop.callbacks}
 
 
-def build_node_loop(kwargs: dict[str, Any]) -> FederatedLoop:
-    """A node's loop from :func:`node_loop_kwargs` (no loggers, progress bar or checkpoints: those are the server's)."""
-    return FederatedLoop(**kwargs, loggers=[], progress=False, checkpoint_every=0)
+def build_worker(spec: dict[str, Any]) -> ClientWorker:
+    """A node's worker from :func:`worker_spec`."""
+    return ClientWorker(spec["module"], spec["data"], spec["settings"], callbacks=spec["callbacks"])
 
 
 @dataclass
-class _ObjectStoreLoop:
-    """Builds the node loop from its kwargs in Ray's object store (small to pickle with every message)."""
+class _ObjectStoreWorker:
+    """Builds the node's worker from its spec in Ray's object store (small to pickle with every message)."""
 
     ref: Any
 
-    def __call__(self, context: Context) -> FederatedLoop:
+    def __call__(self, context: Context) -> ClientWorker:
         import ray
 
-        return build_node_loop(ray.get(self.ref))
+        return build_worker(ray.get(self.ref))
 
 
 def _stateful_client_callbacks(callbacks: list[LoopCallback]) -> list[str]:
@@ -147,11 +135,14 @@ class FlowerSimulation(Backend):
                 "FlowerSimulation(state_dir='') kept personal state in Flower's context state, which ends with the "
                 "run; evaluating a checkpoint needs the client-state directory"
             )
+        if not isinstance(loop.runner, SequentialRunner):
+            raise TypeError("evaluating a Flower run's checkpoint needs the loop's in-process runner")
         store = DirectoryState(directory)
         for client_id in range(loop.num_clients):
-            state = store.load(client_id, before_round)
-            if state is not None:
-                loop.state_store.put(client_id, state, before_round - 1)
+            saved = store.load(client_id, before_round) or {}
+            personal = {k: v for k, v in saved.items() if not k.startswith(CALLBACK_PREFIX)}
+            if personal:
+                loop.runner.worker.store.put(client_id, personal, before_round - 1)
 
     @override
     def run(self, loop: FederatedLoop, resume_from: str | Path | None = None) -> FederatedResult:
@@ -175,7 +166,7 @@ class FlowerSimulation(Backend):
             flwr_logger.setLevel(logging.ERROR)  # Flower's per-round INFO lines and the run_simulation deprecation note
         self._init_ray()
         try:
-            client_app = make_client_app(_ObjectStoreLoop(ray.put(node_loop_kwargs(loop))), state_dir=state_dir)
+            client_app = make_client_app(_ObjectStoreWorker(ray.put(worker_spec(loop))), state_dir=state_dir)
             server_app = make_server_app(
                 lambda context: loop, resume_from=resume_from, timeout=self.timeout, on_result=results.append
             )

@@ -2,7 +2,7 @@
 
 For checking (and debugging, breakpoints included) that a method runs under Flower exactly as in one process: the
 server loop's client side is pickled and unpickled once (as Ray ships it to the simulation's actors), giving one
-node loop that answers every client's messages, as one Ray actor may; each message and reply is serialized to
+node worker that answers every client's messages, as one Ray actor may; each message and reply is serialized to
 Flower's protobuf bytes and parsed back, and answered by the ClientApp's own handlers
 (:data:`~lit_fed.flower.client_app.NODE_ANSWERS`), with personal state in a node-state directory. Only Flower's
 transport (the SuperLink, Ray) is left out::
@@ -25,7 +25,7 @@ from flwr.proto.recorddict_pb2 import RecordDict as ProtoRecordDict
 from typing_extensions import override
 
 from lit_fed.client.payloads import ClientUpdate, ServerMessage
-from lit_fed.flower.backend import build_node_loop, node_loop_kwargs
+from lit_fed.flower.backend import build_worker, worker_spec
 from lit_fed.flower.client_app import NODE_ANSWERS, Node
 from lit_fed.flower.node_state import DirectoryState
 from lit_fed.flower.records import recorddict_to_update
@@ -58,14 +58,14 @@ class InProcessRunner(FlowerRunner):
     def __init__(self, loop: FederatedLoop, state_dir: str | os.PathLike[str], keep: int = 3) -> None:
         super().__init__(grid=None)  # type: ignore[arg-type]
         try:
-            shipped = pickle.dumps(node_loop_kwargs(loop))
+            shipped = pickle.dumps(worker_spec(loop))
         except (pickle.PicklingError, AttributeError, TypeError) as error:
             raise TypeError(
                 "InProcessRunner: the loop's client side (client module, datamodule, Trainer settings, callbacks) "
                 f"must pickle, as Flower's simulation ships it to Ray actors: {error}. Use module-level functions "
                 "or functools.partial instead of lambdas (e.g. for optimizer factories)"
             ) from error
-        self.node_loop = build_node_loop(pickle.loads(shipped))
+        self.node_worker = build_worker(pickle.loads(shipped))
         self.store = DirectoryState(state_dir, keep=keep)
         self.messages: list[str] = []
         self._set_up = False
@@ -78,12 +78,12 @@ class InProcessRunner(FlowerRunner):
     @override
     def round_trip(self, contents: Sequence[tuple[int, RecordDict]], message_type: str, round: int) -> list[RecordDict]:
         if not self._set_up:
-            self.node_loop.setup()
+            self.node_worker.setup()
             self._set_up = True
         replies = []
         for cid, content in contents:
             self.messages.append(message_type)
-            node = Node(self.node_loop, self.store, cid)
+            node = Node(self.node_worker, self.store, cid)
             replies.append(over_the_wire(NODE_ANSWERS[message_type](node, over_the_wire(content))))
         return replies
 
@@ -95,4 +95,4 @@ class InProcessRunner(FlowerRunner):
 
     @override
     def collect(self, loop: FederatedLoop, handle: Any) -> ClientUpdate:
-        return loop.receive_update(recorddict_to_update(handle))
+        return recorddict_to_update(handle)

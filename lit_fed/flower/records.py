@@ -9,12 +9,15 @@ with stype :data:`RAW_STYPE`. Layout of a Flower message's :class:`~flwr.app.Rec
   wire size, the node's :class:`NodeBookkeeping`; config values a ConfigRecord cannot hold — ``None``, dicts,
   nested lists — as JSON).
 * train reply (:class:`~lit_fed.client.payloads.ClientUpdate`): ``state``, ``extras``, ``metrics``
-  (:class:`~flwr.app.MetricRecord`), optional ``label_counts`` and ``feature_stats``, ``lit_fed`` (client id,
-  round, sample count, wire size).
-* evaluate and feature-statistics instructions (:class:`ModelInstruction`): ``state`` (the global state),
-  ``overlay`` (the strategy's personal overlay for the client) and ``lit_fed`` (round, client id); evaluate reply
-  (:class:`~lit_fed.loop.runner.ClientEvaluation`): the metric states ``accuracy`` and ``class_stats`` and
-  ``lit_fed`` (client id, class count); feature-statistics reply: a train reply without state.
+  (:class:`~flwr.app.MetricRecord`), ``lit_fed`` (client id, round, sample count, wire size).
+* evaluate instruction: a :class:`~lit_fed.client.payloads.ServerMessage` (the client's model: global state and
+  extras) laid out as a train instruction, whose bookkeeping names the personal-state version to evaluate; reply
+  (:class:`~lit_fed.metrics.evaluation.ClientEvaluation`): the metric states ``accuracy`` and ``class_stats`` and
+  ``lit_fed`` (client id, class count).
+* task instruction and reply: any :class:`~lit_fed.client.payloads.Payload` (a method's
+  :class:`~lit_fed.client.tasks.ClientTask`, its answer) through :mod:`lit_fed.client.codec`: its tensors in
+  ``tensors`` (an ArrayRecord) and its description in ``lit_fed`` (``spec``, JSON), plus the instruction's
+  bookkeeping.
 """
 
 from __future__ import annotations
@@ -29,15 +32,14 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import Tensor
 
-from lit_fed.client.payloads import ClientUpdate, FeatureStatistics, ServerMessage, StateDict
-from lit_fed.loop.runner import ClientEvaluation
-from lit_fed.metrics.evaluation import new_accuracy, new_class_stats
+from lit_fed.client.codec import pack, spec_from_text, spec_to_text, unpack
+from lit_fed.client.payloads import ClientUpdate, ServerMessage, StateDict
+from lit_fed.metrics.evaluation import ClientEvaluation, new_accuracy, new_class_stats
 
 RAW_STYPE = "lit_fed.torch.raw"
 """Serialization type of tensors NumPy cannot hold: raw little-endian bytes of the torch dtype named in ``dtype``."""
 
 _META = "lit_fed"
-_STATS_KEYS = ("means", "covariances", "counts")
 
 
 # -- tensors -------------------------------------------------------------------------------------------------
@@ -99,12 +101,13 @@ def _meta(content: RecordDict, what: str) -> ConfigRecord:
 # -- server message ------------------------------------------------------------------------------------------
 @dataclass
 class NodeBookkeeping:
-    """How the node files a train instruction's client state (``lit_fed`` config record of the instruction).
+    """Which of the client's personal-state versions an instruction uses (``lit_fed`` config record).
 
     Attributes:
-        state_version: The version the client's new personal state is kept under; its previous state is its newest
-            of a lower version (synchronous rounds: the round; asynchronous mode: the dispatch index).
-        round: The server's round, which client-side hooks read as ``loop.round``.
+        state_version: The client starts from its newest personal state of a version below this. A train
+            instruction keeps the new state under it (synchronous rounds: the round; asynchronous mode: the
+            dispatch index); an evaluate or task instruction only reads.
+        round: The server's round, which client-side hooks read.
         keep_from: Versions a resume may still need start here (the node keeps them and the newest one below);
             ``None``: the node's own pruning policy.
     """
@@ -191,11 +194,6 @@ def update_to_recorddict(update: ClientUpdate) -> RecordDict:
             _META: meta,
         }
     )
-    if update.label_counts is not None:
-        content["label_counts"] = state_to_record({"label_counts": update.label_counts})
-    if update.feature_stats is not None:
-        stats = update.feature_stats
-        content["feature_stats"] = state_to_record({key: getattr(stats, key) for key in _STATS_KEYS})
     return content
 
 
@@ -203,72 +201,39 @@ def recorddict_to_update(content: RecordDict) -> ClientUpdate:
     """The :class:`ClientUpdate` a train reply carries."""
     meta = _meta(content, "train reply")
     arrays = content.array_records
-    label_counts = array_to_tensor(arrays["label_counts"]["label_counts"]) if "label_counts" in arrays else None
-    feature_stats = None
-    if "feature_stats" in arrays:
-        stats = record_to_state(arrays["feature_stats"])
-        feature_stats = FeatureStatistics(**{key: stats[key] for key in _STATS_KEYS})
     return ClientUpdate(
         client_id=int(meta["client_id"]),  # type: ignore[arg-type]
         round=int(meta["round"]),  # type: ignore[arg-type]
         state=record_to_state(arrays["state"]),
         num_samples=int(meta["num_samples"]),  # type: ignore[arg-type]
         metrics=dict(content.metric_records.get("metrics", MetricRecord())),  # type: ignore[arg-type]
-        label_counts=label_counts,
-        feature_stats=feature_stats,
         extras=record_to_state(arrays.get("extras", ArrayRecord())),
         wire_nbytes=int(meta["wire_nbytes"]) if "wire_nbytes" in meta else None,  # type: ignore[arg-type]
     )
 
 
-# -- a client's model: evaluation and feature statistics --------------------------------------------------------
-@dataclass
-class ModelInstruction:
-    """What a node needs to rebuild a client's personalized model after a round (to evaluate it or embed its data).
-
-    Attributes:
-        round: The round after which the model is taken.
-        client_id: The client.
-        global_state: The server's global state.
-        overlay: The strategy's personal overlay for the client (hypernetwork-generated tensors), possibly empty.
-        state_before: The client's personal state is its newest version below this
-            (:meth:`~lit_fed.loop.federated_loop.FederatedLoop.node_state_bound`; synchronous rounds: ``round + 1``).
-    """
-
-    round: int
-    client_id: int
-    global_state: StateDict
-    overlay: StateDict
-    state_before: int
+# -- any payload: method tasks and their answers ---------------------------------------------------------------
+def payload_to_recorddict(value: Any, bookkeeping: NodeBookkeeping | None = None) -> RecordDict:
+    """The Flower content of a payload (a task, its answer, ``None``) through :mod:`lit_fed.client.codec`."""
+    tensors, spec = pack(value)
+    meta = ConfigRecord({"spec": spec_to_text(spec)})
+    if bookkeeping is not None:
+        meta["state_version"] = bookkeeping.state_version
+        meta["server_round"] = bookkeeping.round
+    return RecordDict({"tensors": state_to_record(tensors), _META: meta})
 
 
-def model_instruction_to_recorddict(instruction: ModelInstruction) -> RecordDict:
-    """The Flower content of an evaluate or feature-statistics instruction."""
-    return RecordDict(
-        {
-            "state": state_to_record(instruction.global_state),
-            "overlay": state_to_record(instruction.overlay),
-            _META: ConfigRecord(
-                {
-                    "round": instruction.round,
-                    "client_id": instruction.client_id,
-                    "state_before": instruction.state_before,
-                }
-            ),
-        }
-    )
+def recorddict_to_payload(content: RecordDict) -> Any:
+    """The payload :func:`payload_to_recorddict` carried."""
+    meta = _meta(content, "payload")
+    tensors = record_to_state(content.array_records.get("tensors", ArrayRecord()))
+    return unpack(tensors, spec_from_text(str(meta["spec"])))
 
 
-def recorddict_to_model_instruction(content: RecordDict) -> ModelInstruction:
-    """The :class:`ModelInstruction` an evaluate or feature-statistics instruction carries."""
-    meta = _meta(content, "model instruction")
-    return ModelInstruction(
-        round=int(meta["round"]),  # type: ignore[arg-type]
-        client_id=int(meta["client_id"]),  # type: ignore[arg-type]
-        global_state=record_to_state(content.array_records["state"]),
-        overlay=record_to_state(content.array_records.get("overlay", ArrayRecord())),
-        state_before=int(meta["state_before"]),  # type: ignore[arg-type]
-    )
+def read_payload_bookkeeping(content: RecordDict) -> NodeBookkeeping:
+    """The :class:`NodeBookkeeping` of a task instruction."""
+    meta = _meta(content, "task instruction")
+    return NodeBookkeeping(state_version=int(meta["state_version"]), round=int(meta["server_round"]))  # type: ignore[arg-type]
 
 
 def evaluation_to_recorddict(evaluation: ClientEvaluation) -> RecordDict:

@@ -1,23 +1,25 @@
 """A Flower ``ServerApp`` running a lit_fed loop, with the clients' work sent to Flower nodes as Flower messages.
 
-The loop keeps everything server-side: its strategy, screening, server-side training, evaluation, logging and
+The loop keeps everything server-side: its strategy, screening, aggregation, server steps, evaluation, logging and
 checkpoints.
 
 :class:`FlowerRunner` is the loop's :class:`~lit_fed.loop.runner.ClientRunner` on a Flower ``Grid``: the
 strategy's ``configure_train`` messages (after the loop callbacks' ``server_message``) go out as ``train`` messages,
 the nodes' replies come back as typed ``ClientUpdate`` objects in the same order the in-process loop would produce
-them, and ``aggregate_train``/``server_train`` run on them unchanged. Personalized evaluation is an ``evaluate``
-message per client carrying the strategy's personal overlay for it (hypernetwork-generated tensors), whose reply is
-the client's mergeable metric states, so pooled accuracy is exact; CCVR's statistics are a
-``query.feature_statistics`` message per client. Before the first round every node is told where the run starts
-(``query.begin``), so a fresh run starts without personal state and a resumed one forgets what was written after
-its checkpoint — on every node, wherever it runs. In asynchronous mode a dispatched client's train message is pushed
-at once (:meth:`FlowerRunner.submit`) and its reply pulled at the client's virtual arrival
+them, and aggregation and the server steps run on them unchanged. Personalized evaluation is an ``evaluate``
+message per client carrying the model the strategy's ``configure_evaluate`` describes, whose reply is the client's
+mergeable metric states, so pooled accuracy is exact; a method's client tasks are ``query.task`` messages (any
+payload, through :mod:`lit_fed.client.codec`). Every instruction names the version of the client's node-kept
+personal state it uses (the loop stage's ``state_bound``). Before the first round every node is told where the run
+starts (``query.begin``), so a fresh run starts without personal state and a resumed one forgets what was written
+after its checkpoint — on every node, wherever it runs. In asynchronous mode a dispatched client's train message is
+pushed at once (:meth:`FlowerRunner.submit`) and its reply pulled at the client's virtual arrival
 (:meth:`FlowerRunner.collect`), so the clients in flight train concurrently on their nodes.
 """
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,18 +29,20 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from typing_extensions import override
 
-from lit_fed.client.payloads import ClientUpdate, ServerMessage
-from lit_fed.flower.client_app import BEGIN, FEATURE_STATISTICS
+from lit_fed.client.payloads import ClientUpdate, Payload, ServerMessage
+from lit_fed.client.tasks import ClientTask
+from lit_fed.flower.client_app import BEGIN, TASK
 from lit_fed.flower.records import (
-    ModelInstruction,
     NodeBookkeeping,
     message_to_recorddict,
-    model_instruction_to_recorddict,
+    payload_to_recorddict,
     recorddict_to_evaluation,
+    recorddict_to_payload,
     recorddict_to_update,
 )
 from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
-from lit_fed.loop.runner import ClientEvaluation, ClientRunner
+from lit_fed.loop.runner import ClientRunner
+from lit_fed.metrics.evaluation import ClientEvaluation
 
 LoopFactory = Callable[[Context], FederatedLoop]
 """Builds the server's loop from the ServerApp's Flower context."""
@@ -58,6 +62,25 @@ class FlowerRunner(ClientRunner):
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.nodes: dict[int, int] = {}
+        self._kept_bounds: collections.deque[dict[int, int]] = collections.deque(maxlen=1)
+
+    # -- the versions of node-kept personal state ----------------------------------------------------------------
+    @staticmethod
+    def bounds(loop: FederatedLoop) -> dict[int, int]:
+        """Every client's state bound now (:meth:`~lit_fed.loop.rounds.RoundStage.state_bound`)."""
+        return {cid: loop.stage.state_bound(cid) for cid in range(loop.num_clients)}
+
+    def keep_from(self, loop: FederatedLoop, client_id: int) -> int:
+        """The lowest state bound a resume from a kept round checkpoint would use for ``client_id``.
+
+        A node keeps ``client_id``'s versions from it on and the newest one below it, and may delete older ones.
+        Without a kept checkpoint (none written yet, or checkpointing off) this is the current bound.
+        """
+        return self._kept_bounds[0][client_id] if self._kept_bounds else loop.stage.state_bound(client_id)
+
+    @override
+    def on_checkpoint(self, loop: FederatedLoop) -> None:
+        self._kept_bounds.append(self.bounds(loop))
 
     # -- nodes ---------------------------------------------------------------------------------------------
     def connect(self, num_clients: int) -> dict[int, int]:
@@ -128,16 +151,16 @@ class FlowerRunner(ClientRunner):
         """Connects every client's node and tells each which of its client's state versions the run writes anew."""
         if not self.nodes:
             self.connect(loop.num_clients)
-        contents = [
-            (cid, RecordDict({"lit_fed": ConfigRecord({"keep_before": loop.node_state_bound(cid)})}))
-            for cid in range(loop.num_clients)
-        ]
+        bounds = self.bounds(loop)
+        self._kept_bounds = collections.deque(maxlen=max(1, loop.settings.keep_checkpoints))
+        if start_round > 0:  # the checkpoint resumed from is the oldest a later resume of this run can rely on
+            self._kept_bounds.append(bounds)
+        contents = [(cid, RecordDict({"lit_fed": ConfigRecord({"keep_before": bounds[cid]})})) for cid in bounds]
         self.round_trip(contents, BEGIN, start_round)
 
-    @staticmethod
-    def train_content(loop: FederatedLoop, message: ServerMessage, state_version: int, round: int) -> RecordDict:
+    def train_content(self, loop: FederatedLoop, message: ServerMessage, state_version: int, round: int) -> RecordDict:
         """A prepared message as a train instruction, with how the node files the client's state."""
-        keep_from = loop.node_state_keep_from(message.client_id)
+        keep_from = self.keep_from(loop, message.client_id)
         return message_to_recorddict(message, NodeBookkeeping(state_version, round, keep_from))
 
     @override
@@ -170,37 +193,21 @@ class FlowerRunner(ClientRunner):
                 raise TimeoutError(f"Flower train: no reply for client {client_id} within {self.timeout} s")
             time.sleep(0.05)
         (reply,) = replies
-        return loop.receive_update(recorddict_to_update(self._check(reply, MessageType.TRAIN).content))
+        return recorddict_to_update(self._check(reply, MessageType.TRAIN).content)
 
-    @staticmethod
-    def model_instructions(loop: FederatedLoop, client_ids: Sequence[int], round: int) -> list[tuple[int, RecordDict]]:
-        """Each client's model after ``round``.
-
-        That is the global state, the strategy's personal overlay for it, and the version bound of its node-kept
-        personal state (:meth:`FederatedLoop.node_state_bound`).
-        """
-        return [
-            (
-                cid,
-                model_instruction_to_recorddict(
-                    ModelInstruction(
-                        round, cid, loop.global_state, loop.strategy.personal_overlay(cid), loop.node_state_bound(cid)
-                    )
-                ),
-            )
-            for cid in client_ids
-        ]
+    def _reading(self, loop: FederatedLoop, client_id: int) -> NodeBookkeeping:
+        """The bookkeeping of an instruction that reads the client's current personal state."""
+        return NodeBookkeeping(loop.stage.state_bound(client_id), loop.round)
 
     @override
-    def evaluate(self, loop: FederatedLoop, client_ids: Sequence[int]) -> list[ClientEvaluation]:
-        contents = self.model_instructions(loop, client_ids, loop.round)
+    def evaluate(self, loop: FederatedLoop, messages: Sequence[ServerMessage]) -> list[ClientEvaluation]:
+        contents = [(m.client_id, message_to_recorddict(m, self._reading(loop, m.client_id))) for m in messages]
         return [recorddict_to_evaluation(r) for r in self.round_trip(contents, MessageType.EVALUATE, loop.round)]
 
     @override
-    def feature_statistics(self, loop: FederatedLoop, client_ids: Sequence[int], round: int) -> list[ClientUpdate]:
-        contents = self.model_instructions(loop, client_ids, round)
-        updates = [recorddict_to_update(r) for r in self.round_trip(contents, FEATURE_STATISTICS, round)]
-        return [update for update in updates if update.feature_stats is not None]
+    def run_tasks(self, loop: FederatedLoop, tasks: Sequence[ClientTask]) -> list[Payload | None]:
+        contents = [(t.client_id, payload_to_recorddict(t, self._reading(loop, t.client_id))) for t in tasks]
+        return [recorddict_to_payload(r) for r in self.round_trip(contents, TASK, loop.round)]
 
 
 def seconds(value: object, default: float | None) -> float | None:

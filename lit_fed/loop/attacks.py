@@ -42,6 +42,7 @@ from lit_fed.loop.callbacks import LoopCallback
 from lit_fed.utils.seeding import numpy_rng, torch_generator
 
 if TYPE_CHECKING:
+    from lit_fed.client.worker import ClientWorker
     from lit_fed.loop.federated_loop import FederatedLoop
 
 log = logging.getLogger("lit_fed")
@@ -187,38 +188,38 @@ class ByzantineAttack(LoopCallback):
         self.seed = seed
         self._announced: tuple[int, int] | None = None  # (seed, N) already logged; logging only, not state
 
-    def attackers(self, loop: FederatedLoop) -> list[int]:
-        """The attacking clients of this run (sorted)."""
-        seed = loop.seed if self.seed is None else self.seed
-        return byzantine_clients(seed, int(loop.datamodule.num_clients), self.fraction)
+    def attackers(self, run: FederatedLoop | ClientWorker) -> list[int]:
+        """The attacking clients of the run (sorted); ``run`` is the loop or a client worker of it."""
+        seed = run.seed if self.seed is None else self.seed
+        return byzantine_clients(seed, run.num_clients, self.fraction)
 
-    def is_attacker(self, loop: FederatedLoop, client_id: int) -> bool:
+    def is_attacker(self, run: FederatedLoop | ClientWorker, client_id: int) -> bool:
         """Whether ``client_id`` attacks."""
-        return client_id in self.attackers(loop)
+        return client_id in self.attackers(run)
 
     @override
     def on_round_start(self, loop: FederatedLoop, round: int) -> None:
-        key = (loop.seed if self.seed is None else self.seed, int(loop.datamodule.num_clients))
+        key = (loop.seed if self.seed is None else self.seed, loop.num_clients)
         if self._announced != key:
             self._announced = key
             attackers = self.attackers(loop)
             log.warning("Byzantine attack %r: %d attacking clients %s", self.kind, len(attackers), attackers)
-            for logger in getattr(loop, "loggers", []):
+            for logger in loop.loggers:
                 logger.log_hyperparams(
                     {"byzantine/kind": repr(self.kind), "byzantine/clients": ",".join(map(str, attackers))}
                 )
 
     @override
-    def client_dataloader(self, loop: FederatedLoop, client_id: int, round: int, dataloader: Any) -> Any:
-        if not self.is_attacker(loop, client_id):
+    def client_dataloader(self, worker: ClientWorker, client_id: int, round: int, dataloader: Any) -> Any:
+        if not self.is_attacker(worker, client_id):
             return dataloader
-        return self.kind.poison_batches(dataloader, int(loop.datamodule.num_classes))
+        return self.kind.poison_batches(dataloader, int(worker.data.num_classes))
 
     @override
-    def client_update(self, loop: FederatedLoop, update: ClientUpdate, message: ServerMessage) -> ClientUpdate:
-        if not self.is_attacker(loop, update.client_id):
+    def client_update(self, worker: ClientWorker, update: ClientUpdate, message: ServerMessage) -> ClientUpdate:
+        if not self.is_attacker(worker, update.client_id):
             return update
-        seed = loop.seed if self.seed is None else self.seed
+        seed = worker.seed if self.seed is None else self.seed
         generator = torch_generator(seed, "attack", update.round, update.client_id)
         poisoned = self.kind.poison_state(update.state, message.state, generator)
         return dataclasses.replace(update, state=poisoned)
@@ -227,7 +228,7 @@ class ByzantineAttack(LoopCallback):
     def on_round_end(self, loop: FederatedLoop, round: int, metrics: dict[str, Any]) -> None:
         attackers = self.attackers(loop)
         extra: dict[str, Any] = {"byzantine_attackers": len(attackers)}
-        personalized = loop.last_personalized
+        personalized = loop.evaluation.last_personalized
         if "personal_acc" in metrics and personalized is not None:
             honest = [c for c in sorted(personalized.per_client) if c not in set(attackers)]
             sizes = {c: loop.datamodule.client_num_test_samples(c) for c in honest}

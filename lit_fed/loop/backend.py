@@ -38,10 +38,10 @@ class Backend(ABC):
         """Runs all of ``loop``'s rounds (from a round checkpoint if ``resume_from`` is given)."""
 
     def load_client_states(self, loop: FederatedLoop, before_round: int) -> None:  # noqa: B027
-        """Puts the clients' personal states as of ``before_round`` into ``loop.state_store``.
+        """Puts the clients' personal states as of ``before_round`` into the store of the loop's in-process worker.
 
         Called after a round checkpoint is restored for an in-process evaluation (``lit-fed validate/test``).
-        Default: nothing — the loop's own store, restored from the checkpoint, already holds them.
+        Default: nothing — the worker's store, restored from the checkpoint, already holds them.
         """
 
     def __repr__(self) -> str:

@@ -1,32 +1,43 @@
 """Round-level callbacks of the FederatedLoop, after Lightning's ``Callback``: every hook does nothing by default.
 
-Besides round start/end, two hooks intercept a client's round: :meth:`LoopCallback.client_dataloader` may
-replace the data a client trains on (label-flipping attacks) and :meth:`LoopCallback.client_update` may
-replace what it uploads (model-poisoning attacks, upload compression); :meth:`LoopCallback.server_message`
-may replace what the server sends (download compression), and :meth:`LoopCallback.update_received` sees each
-update as it reaches the server.
+Server-side hooks (run where the loop runs): :meth:`LoopCallback.on_run_start`, :meth:`~LoopCallback.on_round_start`,
+:meth:`~LoopCallback.server_message` (may replace what the server sends: download compression),
+:meth:`~LoopCallback.update_received` (sees each update as it reaches the server), :meth:`~LoopCallback.on_round_end`
+(may add to the round's metrics), :meth:`~LoopCallback.on_run_end`, :meth:`~LoopCallback.teardown` and the
+checkpointed :meth:`~LoopCallback.state_dict`.
 
-Where the hooks run: ``server_message``, ``update_received``, round start/end and ``state_dict`` on the server;
-``client_dataloader`` and ``client_update`` where the client trains (in this process for the sequential backend,
-on the client's node under Flower). A callback that keeps per-client state on the client side (error-feedback
-residuals) exposes it through :meth:`LoopCallback.client_state` / :meth:`LoopCallback.load_client_state`, so that
-a Flower node keeps it with the client's personal state.
+Client-side hooks (run where the client trains: in this process for the sequential backend, on the client's node
+under Flower; they receive the :class:`~lit_fed.client.worker.ClientWorker`): :meth:`~LoopCallback.client_dataloader`
+may replace the data a client trains on (label-flipping attacks) and :meth:`~LoopCallback.client_update` what it
+uploads (model poisoning, upload compression). A callback that keeps per-client state on the client side (error
+feedback residuals) exposes it through :meth:`~LoopCallback.client_state` / :meth:`~LoopCallback.load_client_state`,
+so that a Flower node keeps it with the client's personal state.
+
+Checkpointed state is matched to callbacks by :attr:`LoopCallback.state_key` (the class name by default, as
+Lightning's ``Callback.state_key``), not by position, so adding a stateless callback does not break a resume.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from torch.utils.data import DataLoader
-
 from lit_fed.client.payloads import ClientUpdate, ServerMessage, StateDict
 
 if TYPE_CHECKING:
-    from lit_fed.loop.federated_loop import FederatedLoop
+    from lit_fed.client.worker import ClientWorker
+    from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
 
 
 class LoopCallback:
     """Override the hooks you need."""
+
+    @property
+    def state_key(self) -> str:
+        """The key of this callback's state in round checkpoints and on Flower nodes (unique among a run's)."""
+        return type(self).__qualname__
+
+    def on_run_start(self, loop: FederatedLoop, start_round: int) -> None:
+        """Before the first round to run (``start_round > 0`` for a resumed run)."""
 
     def on_round_start(self, loop: FederatedLoop, round: int) -> None:
         """Before clients are sampled for ``round``."""
@@ -35,12 +46,12 @@ class LoopCallback:
         """What the server sends to ``message.client_id`` (download compression). Default: unchanged."""
         return message
 
-    def client_dataloader(self, loop: FederatedLoop, client_id: int, round: int, dataloader: DataLoader) -> Any:
-        """The training data of ``client_id`` in ``round``. Default: unchanged."""
+    def client_dataloader(self, worker: ClientWorker, client_id: int, round: int, dataloader: Any) -> Any:
+        """The training data of ``client_id`` in ``round``, where the client trains. Default: unchanged."""
         return dataloader
 
-    def client_update(self, loop: FederatedLoop, update: ClientUpdate, message: ServerMessage) -> ClientUpdate:
-        """What ``update.client_id`` uploads after training on ``message``. Default: unchanged."""
+    def client_update(self, worker: ClientWorker, update: ClientUpdate, message: ServerMessage) -> ClientUpdate:
+        """What ``update.client_id`` uploads after training on ``message``, where it trains. Default: unchanged."""
         return update
 
     def update_received(self, loop: FederatedLoop, update: ClientUpdate) -> None:
@@ -58,7 +69,13 @@ class LoopCallback:
         """Restores :meth:`client_state` before ``client_id`` trains in ``round`` (``{}``: nothing kept yet)."""
 
     def on_round_end(self, loop: FederatedLoop, round: int, metrics: dict[str, Any]) -> None:
-        """After aggregation and evaluation of ``round``, before its checkpoint; may add entries to ``metrics``."""
+        """After the server steps and evaluation of ``round``, before its checkpoint; may add to ``metrics``."""
+
+    def on_run_end(self, loop: FederatedLoop, result: FederatedResult) -> None:
+        """After the last round; may add files to ``result.artifacts``."""
+
+    def teardown(self, loop: FederatedLoop) -> None:
+        """When the run stops, finished or not (release displays, files)."""
 
     def state_dict(self) -> dict[str, Any]:
         """State to checkpoint with the round (e.g. per-client residuals). Default: none."""

@@ -1,6 +1,6 @@
 """Round checkpoints: everything a resume needs, written atomically.
 
-A checkpoint holds the global state, the strategy's state (server-optimizer moments, hypernetworks), the
+A checkpoint holds the global state, the strategy's state (server-optimizer moments, server-side models), the
 client-state store's snapshot, the communication counters, the metric history and the run's identity
 (seed, number of clients, rounds). Writing goes through a temporary file and ``os.replace`` so an
 interrupted write never leaves a truncated checkpoint behind.

@@ -29,11 +29,11 @@ def summarize(history: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return summary
 
 
-def render_summary(summary: dict[str, dict[str, float]], totals: dict[str, float]) -> Any:
+def render_summary(summary: dict[str, dict[str, float]], totals: dict[str, float], caption: str | None = None) -> Any:
     """A rich ``Table`` of the summary (accuracies in %) and the communication totals."""
     from rich.table import Table
 
-    table = Table(title="lit_fed results")
+    table = Table(title="lit_fed results", caption=caption)
     table.add_column("metric")
     table.add_column("last", justify="right")
     table.add_column("best", justify="right")
@@ -45,18 +45,23 @@ def render_summary(summary: dict[str, dict[str, float]], totals: dict[str, float
     return table
 
 
-def plot_accuracy(history: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Writes a PNG of global and personalized accuracy per round."""
+def plot_accuracy(
+    history: Sequence[dict[str, Any]], path: Path, title: str = "", global_label: str = "global test set"
+) -> Path:
+    """Writes a PNG of global and personalized accuracy per round (``global_label``: what the global one is of)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("global_acc", "global"), ("personal_acc", "personalized (pooled)")):
+    for key, label in (("global_acc", f"global ({global_label})"), ("personal_acc", "personalized (pooled)")):
         points = [(h["round"] + 1, 100 * h[key]) for h in history if key in h]
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title or "accuracy per round")

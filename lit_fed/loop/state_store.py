@@ -1,7 +1,7 @@
 """Client-state stores: where each client's personal state lives between its rounds — off the device.
 
 Only the module being trained sits on the accelerator. Everything a client keeps (personal parameters,
-a method's extra state such as MOON's previous model or compression residuals) is stored here as CPU
+a method's extra state such as a previous local model) is stored here as CPU
 tensors, in memory (:class:`InMemoryStateStore`) or on disk (:class:`DiskStateStore`), so memory grows with
 the size of the *personal* state, not with ``clients × model size``.
 

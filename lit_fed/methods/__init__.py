@@ -13,6 +13,7 @@ _EXPORTS: dict[str, str] = {
     "FrozenModule": "lit_fed.client.teacher",
     "GlobalTeacherClient": "lit_fed.client.teacher",
     "CCVR": "lit_fed.methods.ccvr",
+    "FeatureStatisticsTask": "lit_fed.methods.ccvr",
     "calibrate_classifier": "lit_fed.methods.ccvr",
     "classifier_parameters": "lit_fed.methods.ccvr",
     "feature_statistics": "lit_fed.methods.ccvr",

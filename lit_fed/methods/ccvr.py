@@ -2,13 +2,13 @@
 
 Luo, Chen, Hu, Zhang, Liang and Feng, "No Fear of Heterogeneity: Classifier Calibration for Federated Learning with
 Non-IID Data" (NeurIPS 2021, arXiv:2106.05001), §4 "Classifier calibration with virtual representations" (its
-pooled-mean and pooled-covariance equations, restated below) and Alg. 1. METHODS §3 [paper].
+pooled-mean and pooled-covariance equations, restated below) and Alg. 1 [paper].
 
 After federated training (or every N rounds), with the global model's feature extractor ``f``:
 
 1. every client ``k`` sends, per class ``c``, the mean ``μ_{c,k}``, the unbiased covariance ``Σ_{c,k}`` (divisor
-   ``N_{c,k} − 1``) and the count ``N_{c,k}`` of its features (:func:`feature_statistics`; the payload is
-   ``ClientUpdate.feature_stats``, whose bytes are counted as uploaded);
+   ``N_{c,k} − 1``) and the count ``N_{c,k}`` of its features (:func:`feature_statistics`; the answer to a
+   :class:`FeatureStatisticsTask`, whose bytes are counted as uploaded);
 2. the server pools them into the statistics of the union of the clients' features
    (:func:`pool_feature_statistics`): ``N_c = Σ_k N_{c,k}``, ``μ_c = Σ_k (N_{c,k}/N_c) μ_{c,k}``,
    ``Σ_c = Σ_k ((N_{c,k}−1)/(N_c−1)) Σ_{c,k} + Σ_k (N_{c,k}/(N_c−1)) μ_{c,k} μ_{c,k}ᵀ − (N_c/(N_c−1)) μ_c μ_cᵀ``;
@@ -16,36 +16,46 @@ After federated training (or every N rounds), with the global model's feature ex
 4. retrains only the classifier with cross-entropy on them (:func:`calibrate_classifier`); the feature extractor is
    untouched.
 
-How it plugs in [design]: :class:`CCVR` is a :class:`~lit_fed.loop.callbacks.LoopCallback` (``trainer.round_callbacks``,
-``configs/method/ccvr.yaml``), so it composes with *any* method's client and strategy: at the end of the last round
-(``every=0``), or every ``every`` rounds, it gathers the statistics of every client with that client's model
-(restored from the loop's client-state store like the evaluator does), calibrates the global classifier, writes it
-into the global state (checkpointed with the round), and reports the global and personalized accuracy before and
-after (``ccvr_before_*`` / ``ccvr_after_*`` in the round metrics). :meth:`CCVR.calibrate` also works on a loop
-restored from a finished run's checkpoint. A method whose classifier is personal (FedPer, FedRep, ...) has no global
-classifier to calibrate and is refused.
+How it plugs in [design]: :class:`CCVR` is a :class:`~lit_fed.server.strategy.ServerStep` (``trainer.server_steps``,
+``configs/method/ccvr.yaml``), so it composes with *any* method's client, strategy and other steps. When due (after
+the last round with ``every=0``, or every ``every`` rounds) it asks every client for its statistics with a client task
+(:class:`FeatureStatisticsTask`, answered where the client lives — in this process or on its Flower node — with the
+model evaluation gives that client: its stored personal state and the aggregated global state), calibrates the
+global classifier and returns the calibrated global state (checkpointed with the round, and what clients receive
+next). It reports the global and personalized accuracy before and after (``ccvr_before_*`` / ``ccvr_after_*``; the
+round's own ``global_acc`` is then the calibrated model's). :meth:`CCVR.calibrate` also works on a loop restored from
+a finished run's checkpoint. A method whose classifier is personal (FedPer, FedRep, ...) has no global classifier to
+calibrate and is refused.
+
+This module is the whole method: the task and its answer (:class:`FeatureStatisticsTask`,
+:class:`~lit_fed.metrics.features.FeatureStatistics`), the pooling and sampling, and the step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lit_fed.client.payloads import FeatureStatistics, StateDict
-from lit_fed.loop.callbacks import LoopCallback
-from lit_fed.metrics.features import feature_statistics
+from lit_fed.client.payloads import ClientUpdate, ServerMessage, StateDict
+from lit_fed.client.tasks import ClientTask
+from lit_fed.metrics.features import FeatureStatistics, embed_dataset, feature_statistics
+from lit_fed.server.strategy import ServerContext, ServerStep
 from lit_fed.utils.seeding import torch_generator
 
 if TYPE_CHECKING:
+    from lit_fed.client.worker import ClientWorker
     from lit_fed.loop.federated_loop import FederatedLoop
 
 __all__ = [
     "CCVR",
+    "FeatureStatistics",
+    "FeatureStatisticsTask",
     "calibrate_classifier",
     "classifier_parameters",
     "feature_statistics",
@@ -206,24 +216,54 @@ def calibrate_classifier(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The loop callback
+# The client task
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class CCVR(LoopCallback):
-    """Classifier calibration with virtual representations (Luo et al. 2021) as a loop callback, after any method.
+@dataclass
+class FeatureStatisticsTask(ClientTask):
+    """CCVR's client step (Luo et al. 2021, §4): per-class statistics of the client's features on its training split.
 
-    At the end of round ``r`` when due (``every=0``: the last round only; ``every=N``: every N rounds and the last),
-    :meth:`calibrate` gathers every client's per-class feature statistics — the features are those of the model the
-    client holds (its personal state and the global state, as the evaluator restores it; the global model for
-    methods without personal state, as in the paper) on its local training split — pools them, samples
-    ``samples_per_class`` virtual features per class, retrains the global model's classifier on them (SGD, the rest
-    of the model untouched) and, with ``keep``, writes the calibrated classifier into the global state (it is then
-    in the round's checkpoint and, with ``every``, in what clients receive next). The round metrics gain:
+    Attributes:
+        model: The client's model as evaluation gives it (the strategy's ``configure_evaluate`` message).
+    """
+
+    model: ServerMessage
+
+    @override
+    def run(self, worker: ClientWorker) -> FeatureStatistics | None:
+        """The statistics (float32, computed in float64) of ``embed`` features; ``None`` without training samples."""
+        with worker.evaluation_model(self.model) as module, torch.no_grad():
+            features, labels = embed_dataset(
+                module, worker.train_dataloader(self.client_id, self.round), worker.eval_device
+            )
+        if features.numel() == 0:
+            return None
+        return feature_statistics(features, labels, int(worker.data.num_classes), dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The server step
+# ----------------------------------------------------------------------------------------------------------------
+
+_ACCURACY_PREFIXES = ("global_acc", "personal_acc")
+
+
+class CCVR(ServerStep):
+    """Classifier calibration with virtual representations (Luo et al. 2021) as a server step, after any method.
+
+    In round ``r`` when due (``every=0``: the last round only; ``every=N``: every N rounds and the last), :meth:`run`
+    evaluates the aggregated model, gathers every client's per-class feature statistics (a
+    :class:`FeatureStatisticsTask` per client; the features are those of the model the client holds — its personal
+    state and the global state, as evaluation restores it; the global model for methods without personal state, as
+    in the paper — on its local training split), pools them, samples ``samples_per_class`` virtual features per
+    class, retrains the global model's classifier on them (SGD, the rest of the model untouched) and evaluates the
+    calibrated model. With ``keep`` the calibrated classifier becomes the global state's (checkpointed with the
+    round and, with ``every``, what clients receive next); otherwise the step only reports. The round metrics gain:
 
     * ``ccvr_before_global_acc`` / ``ccvr_after_global_acc`` (and ``personal_acc``, ``personal_acc_mean`` ...),
     * ``ccvr_classes`` (classes with statistics), ``ccvr_virtual_samples``, ``ccvr_mb_up`` (the statistics' upload,
-      also added to the run's communication totals), ``ccvr_loss_first_epoch`` / ``ccvr_loss_last_epoch``.
+      also in the round's upload bytes), ``ccvr_loss_first_epoch`` / ``ccvr_loss_last_epoch``.
 
     Classifier training [design: the paper does not fix it]: SGD lr 0.01, momentum 0.9, 10 epochs, batch 64.
     Virtual features and batches draw from ``torch_generator(seed, "ccvr", round)``, so resumed runs calibrate
@@ -274,83 +314,70 @@ class CCVR(LoopCallback):
         self.last_statistics: list[FeatureStatistics] = []
         """Every client's statistics from the last calibration (as sent, float32), in client order."""
         self.last_pooled: FeatureStatistics | None = None
-        self._nbytes = 0
 
     def due(self, round: int, rounds: int) -> bool:
         """Whether ``round`` (0-based, of ``rounds``) calibrates."""
         return round == rounds - 1 or (self.every > 0 and (round + 1) % self.every == 0)
 
     @override
-    def on_round_end(self, loop: FederatedLoop, round: int, metrics: dict[str, Any]) -> None:
-        if self.due(round, loop.rounds):
-            metrics.update(self.calibrate(loop, round, metrics))
+    def run(self, global_state: StateDict, updates: Sequence[ClientUpdate], context: ServerContext) -> StateDict:
+        if not self.due(context.round, context.rounds):
+            return global_state
+        calibrated, metrics = self.calibrate_state(global_state, context)
+        context.log(metrics)
+        return calibrated if self.keep else global_state
 
     # -- the steps ---------------------------------------------------------------------------------------
-    def gather_statistics(self, loop: FederatedLoop, round: int) -> list[FeatureStatistics]:
-        """Every client's per-class feature statistics on its local training split (counted as uploaded bytes).
+    def gather_statistics(self, global_state: StateDict, context: ServerContext) -> tuple[list[FeatureStatistics], int]:
+        """Every client's per-class feature statistics (computed where the client lives) and their bytes."""
+        from lit_fed.client.codec import packed_nbytes
 
-        Computed where the client lives (:meth:`~lit_fed.loop.runner.ClientRunner.feature_statistics`: in this
-        process, or on the client's Flower node), with the model the evaluator gives that client.
-        """
-        updates = loop.runner.feature_statistics(loop, range(loop.num_clients), round)
-        self._nbytes = sum(loop.comm.upload(update) for update in updates)
-        return [update.feature_stats for update in updates if update.feature_stats is not None]
+        messages = context.model_messages(range(context.num_clients), global_state)
+        tasks = [FeatureStatisticsTask(client_id=m.client_id, round=context.round, model=m) for m in messages]
+        answers = [a for a in context.run_tasks(tasks) if isinstance(a, FeatureStatistics)]
+        return answers, sum(packed_nbytes(a) for a in answers)
 
-    def _classifier_keys(self, loop: FederatedLoop, embedding_dim: int) -> list[str]:
-        keys = list(classifier_parameters(loop.client, embedding_dim))
-        missing = [k for k in keys if k not in loop.global_state]
+    @staticmethod
+    def _classifier_keys(module: nn.Module, global_state: StateDict, embedding_dim: int) -> list[str]:
+        keys = list(classifier_parameters(module, embedding_dim))
+        missing = [k for k in keys if k not in global_state]
         if missing:
             raise ValueError(
-                f"CCVR calibrates the global classifier, but {type(loop.client).__name__} keeps its classifier "
+                f"CCVR calibrates the global classifier, but {type(module).__name__} keeps its classifier "
                 f"personal ({missing[:3]}); use CCVR with a method that shares the classifier"
             )
         return keys
 
-    def calibrate(
-        self, loop: FederatedLoop, round: int | None = None, metrics: dict[str, Any] | None = None
-    ) -> dict[str, float]:
-        """Runs CCVR on the loop's current global model; returns the metrics (see the class docstring).
-
-        Args:
-            loop: A set-up federated loop (inside a run, or ``loop.setup(); loop.restore(checkpoint)``).
-            round: The round the statistics belong to (default: the loop's current round).
-            metrics: The round's metrics, reused as the "before" accuracies when they hold them (else the loop
-                evaluates first).
+    def calibrate_state(self, global_state: StateDict, context: ServerContext) -> tuple[StateDict, dict[str, float]]:
+        """The calibrated global state and the metrics (see the class docstring); ``global_state`` is unchanged.
 
         Raises:
             TypeError: the client module has no ``embed``/``classify`` (e.g. a ``federate``-d user module).
             ValueError: no client has training samples, or the classifier is personal.
         """
-        round = loop.round if round is None else round
-        module, device = loop.client, loop.eval_device
+        module, device = context.client_template, context.eval_device
         if not (callable(getattr(module, "embed", None)) and callable(getattr(module, "classify", None))):
             raise TypeError(
                 f"CCVR needs the client's embedding and classifier (embed/classify, as lit_fed.FederatedClient "
                 f"has); {type(module).__name__} lacks them"
             )
+        before = {k: v for k, v in context.evaluate(global_state).items() if k.startswith(_ACCURACY_PREFIXES)}
         was_training = module.training
         try:
-            before = {k: v for k, v in (metrics or {}).items() if k.startswith(("global_acc", "personal_acc"))}
-            if "global_acc" not in before:
-                before = {k: v for k, v in loop.evaluate().items() if k.startswith(("global_acc", "personal_acc"))}
-            module.to(device)
-            loop.load_client(None)
-            module.eval()
-            probe, _ = next(iter(loop.datamodule.global_test_dataloader()))
+            self._load_global(module, global_state, context)
+            probe, _ = next(iter(context.datamodule.global_test_dataloader()))
             with torch.no_grad():
                 embedding_dim = int(module.embed(probe[:2].to(device)).shape[1])
-            keys = self._classifier_keys(loop, embedding_dim)  # refuse a personal classifier before any upload
-            stats = self.gather_statistics(loop, round)
+            keys = self._classifier_keys(module, global_state, embedding_dim)  # refuse before any upload
+            stats, nbytes = self.gather_statistics(global_state, context)
             if not stats:
                 raise ValueError("CCVR: no client has training samples")
             self.last_statistics = stats
             pooled = pool_feature_statistics(stats)
             self.last_pooled = pooled
-            generator = torch_generator(loop.seed, "ccvr", round)
+            generator = torch_generator(context.seed, "ccvr", context.round)
             features, labels = sample_virtual_features(pooled, self.samples_per_class, generator)
-            loop.load_client(None)
-            module.to(device)
-            module.eval()
+            self._load_global(module, global_state, context)
             fit = calibrate_classifier(
                 module,
                 features,
@@ -363,27 +390,38 @@ class CCVR(LoopCallback):
                 generator=generator,
             )
             tensors = module.state_dict()
-            calibrated: StateDict = dict(loop.global_state)
+            calibrated: StateDict = dict(global_state)
             for key in keys:
-                calibrated[key] = tensors[key].detach().to("cpu", loop.global_state[key].dtype, copy=True)
-            previous = loop.global_state
-            loop.global_state = calibrated
-            module.to("cpu")
-            try:
-                after = {k: v for k, v in loop.evaluate().items() if k.startswith(("global_acc", "personal_acc"))}
-            finally:
-                if not self.keep:
-                    loop.global_state = previous
+                calibrated[key] = tensors[key].detach().to("cpu", global_state[key].dtype, copy=True)
         finally:
             module.to("cpu")
             module.train(was_training)
+        after = {k: v for k, v in context.evaluate(calibrated).items() if k.startswith(_ACCURACY_PREFIXES)}
         out: dict[str, float] = {f"ccvr_before_{k}": float(v) for k, v in before.items()}
         out.update({f"ccvr_after_{k}": float(v) for k, v in after.items()})
         out.update(fit)
         out["ccvr_classes"] = float((pooled.counts > 0).sum())
         out["ccvr_virtual_samples"] = float(labels.numel())
-        out["ccvr_mb_up"] = self._nbytes / 1e6
-        return out
+        out["ccvr_mb_up"] = nbytes / 1e6
+        return calibrated, out
+
+    @staticmethod
+    def _load_global(module: nn.Module, global_state: StateDict, context: ServerContext) -> None:
+        """The global model (initial personal state + ``global_state``) in ``module``, on the device, in eval mode."""
+        module.to(context.eval_device)
+        module.load_personal_state(context.initial_personal)  # type: ignore[operator]
+        module.load_state(global_state, what="global state")  # type: ignore[operator]
+        module.eval()
+
+    def calibrate(self, loop: FederatedLoop) -> dict[str, float]:
+        """Runs CCVR on a set-up loop's current global model (e.g. restored from a finished run's checkpoint).
+
+        With ``keep`` the loop's global state becomes the calibrated one. Returns the metrics.
+        """
+        calibrated, metrics = self.calibrate_state(loop.global_state, loop.context)
+        if self.keep:
+            loop.global_state = calibrated
+        return metrics
 
     def __repr__(self) -> str:
         return (

@@ -1,11 +1,12 @@
 """FedDF: ensemble distillation for robust model fusion in federated learning.
 
 Lin, Kong, Stich and Jaggi, "Ensemble Distillation for Robust Model Fusion in Federated Learning" (NeurIPS 2020),
-Alg. 1 and §3; the authors' code ``epfml/federated-learning-public-code`` (``pcode/aggregation``). METHODS §3 [code].
+Alg. 1 and §3; the authors' code ``epfml/federated-learning-public-code`` (``pcode/aggregation``) [code].
 
-Clients train plainly (any client module; FedAvg's local objective). The server first fuses the sampled clients'
-models by FedAvg, ``student ← Σ_k p_k w_k``, then distils the *ensemble* of the clients' models into the student
-on unlabeled server data:
+Clients train plainly (any client module; FedAvg's local objective). :class:`FedDF` is a server step
+(``trainer.server_steps``), so it follows any strategy's aggregation: the server first fuses the sampled clients'
+models (FedAvg: ``student ← Σ_k p_k w_k``), then the step distils the *ensemble* of the clients' models into the
+student on unlabeled server data:
 
 * teacher: the mean of the clients' logits ``z̄(x) = (1/|S|) Σ_k f(x; w_k)`` (each client's model is built from its
   update; :func:`ensemble_logits`);
@@ -30,7 +31,7 @@ returns a student that fits the ensemble worse than FedAvg did.
 Fidelity (Stanton et al. 2021): top-1 agreement and average predictive KL of the student to the ensemble on the
 held-out server split, before and after distillation, are reported in :attr:`FedDF.last_metrics`
 (``feddf_before_fidelity_agreement``, ``feddf_before_fidelity_kl``, ``feddf_after_...``), logged through
-``ServerContext.logger``, which adds them to the round's metrics.
+``ServerContext.log``, which adds them to the round's metrics.
 """
 
 from __future__ import annotations
@@ -51,13 +52,13 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lit_fed.client.module import FederationMixin
-from lit_fed.client.payloads import ClientUpdate, ServerMessage, StateDict
+from lit_fed.client.payloads import ClientUpdate, StateDict
 from lit_fed.data.batching import TensorBatchDataset, normalize_images, sequential_loader, shuffled_loader
 from lit_fed.data.datasets import ArrayDataset, DatasetSource
 from lit_fed.data.partition import split_train_test
-from lit_fed.loop.federated_loop import cached_callback_discovery, quiet_lightning
 from lit_fed.metrics.fidelity import DistillationFidelity, PredictiveKL
-from lit_fed.server.strategy import FedAvg, ServerContext, Strategy
+from lit_fed.server.strategy import ServerContext, ServerStep
+from lit_fed.utils.lightning import cached_callback_discovery, quiet_lightning
 from lit_fed.utils.seeding import derive_seed, numpy_rng, torch_generator
 
 __all__ = [
@@ -362,17 +363,16 @@ class _ServerData:
     source: str
 
 
-class FedDF(Strategy):
-    """FedDF's server (Lin et al. 2020, Alg. 1) [code]: FedAvg, then ensemble distillation on unlabeled server data.
+class FedDF(ServerStep):
+    """FedDF's server step (Lin et al. 2020, Alg. 1, lines 7–10) [code]: ensemble distillation into the fused model.
 
-    :meth:`aggregate_train` delegates to ``inner`` (FedAvg: ``student ← Σ_k p_k w_k``); :meth:`server_train` builds
-    every sampled client's model from its update, averages their logits on the server data (the teacher,
+    After the strategy's aggregation (the student's starting point; FedAvg in the paper), :meth:`run` builds every
+    sampled client's model from its update, averages their logits on the server data (the teacher,
     :func:`ensemble_logits`) and distils it into the student by a Lightning fit (see the module docstring for the
-    rules and the server data). The distilled student becomes the next global state. The strategy keeps no state
-    of its own between rounds beyond ``inner``'s (which it checkpoints).
+    rules and the server data). The distilled student becomes the next global state. The step keeps no state
+    between rounds.
 
     Args:
-        inner: The fusion rule before distillation (FedAvg by default; any strategy's aggregation).
         server_data: The unlabeled server data's source; ``None``: the held-out counterpart of the federation's
             :class:`HeldOut` dataset (an error for any other dataset). Its labels are never read.
         server_split: Which split of ``server_data`` to use, ``"train"`` or ``"test"``.
@@ -394,7 +394,6 @@ class FedDF(Strategy):
 
     def __init__(
         self,
-        inner: Strategy | None = None,
         server_data: DatasetSource | None = None,
         server_split: str = "train",
         server_samples: int | None = None,
@@ -423,7 +422,6 @@ class FedDF(Strategy):
                 raise ValueError(f"FedDF: {name} must be an integer >= 1, got {value!r}")
         if patience_steps is not None and patience_steps < 1:
             raise ValueError(f"FedDF: patience_steps must be >= 1 or None, got {patience_steps}")
-        self.inner = inner if inner is not None else FedAvg()
         self.server_data = server_data
         self.server_split = server_split
         self.server_samples = server_samples
@@ -444,36 +442,6 @@ class FedDF(Strategy):
         """``(step, val_kl)`` of every validation in the last round's distillation (step 0: the FedAvg student)."""
         self._data: _ServerData | None = None
         self._data_key: Any = None
-
-    # -- delegation to the fusion rule -----------------------------------------------------------------------
-    @override
-    def bind(self, loop: Any) -> None:
-        self.inner.bind(loop)
-
-    @override
-    def initialize(self, global_state: StateDict) -> None:
-        self.inner.initialize(global_state)
-
-    @override
-    def personal_overlay(self, client_id: int) -> StateDict:
-        return self.inner.personal_overlay(client_id)
-
-    @override
-    def configure_train(self, round: int, client_ids: Sequence[int], global_state: StateDict) -> list[ServerMessage]:
-        return self.inner.configure_train(round, client_ids, global_state)
-
-    @override
-    def aggregate_train(self, round: int, updates: Sequence[ClientUpdate], global_state: StateDict) -> StateDict:
-        """The student's starting point: ``inner``'s aggregate (FedAvg)."""
-        return self.inner.aggregate_train(round, updates, global_state)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"inner": self.inner.state_dict()}
-
-    @override
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state.get("inner", {}))
 
     # -- server data -----------------------------------------------------------------------------------------
     def resolve_server_source(self, datamodule: Any) -> DatasetSource:
@@ -567,20 +535,17 @@ class FedDF(Strategy):
         return fidelity.compute()
 
     @override
-    def server_train(
-        self, global_state: StateDict, updates: Sequence[ClientUpdate], context: ServerContext
-    ) -> StateDict:
+    def run(self, global_state: StateDict, updates: Sequence[ClientUpdate], context: ServerContext) -> StateDict:
         """Distils the ensemble of the updates' models into the aggregated student; returns the best student.
 
         Raises:
             ValueError: no client template in ``context``, a client with personal parameters, or no server data.
         """
-        global_state = self.inner.server_train(global_state, updates, context)
         if not updates:
             return global_state
         template = context.client_template
         if template is None:
-            raise ValueError("FedDF.server_train needs ServerContext.client_template to build the clients' models")
+            raise ValueError("FedDF needs ServerContext.client_template to build the clients' models")
         if isinstance(template, FederationMixin) and template.personal_keys():
             raise ValueError(
                 f"FedDF distils the whole model, but {type(template).__name__} keeps personal parameters "
@@ -633,13 +598,12 @@ class FedDF(Strategy):
             "feddf_best_step": float(keep.best_step),
             "feddf_server_images": float(train_x.shape[0]),
         }
-        if context.logger is not None:
-            context.logger(self.last_metrics)
+        context.log(self.last_metrics)
         best = keep.best_state
         return {key: best[key].to(global_state[key].dtype) for key in global_state}
 
     def __repr__(self) -> str:
         return (
-            f"FedDF(inner={self.inner!r}, server_data={self.server_data!r}, max_steps={self.max_steps}, "
+            f"FedDF(server_data={self.server_data!r}, max_steps={self.max_steps}, "
             f"lr={self.lr}, temperature={self.temperature})"
         )

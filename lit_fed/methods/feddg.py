@@ -3,7 +3,7 @@ r"""FedDG: federated domain generalization by amplitude exchange in continuous f
 Liu, Chen, Qin, Dou and Heng, "FedDG: Federated Domain Generalization on Medical Image Segmentation via Episodic
 Learning in Continuous Frequency Space" (CVPR 2021).
 
-**Amplitude exchange** (§3.2, METHODS §7). The Fourier transform of an image, ``F(x) = A ⊙ e^{iP}``, splits
+**Amplitude exchange** (§3.2). The Fourier transform of an image, ``F(x) = A ⊙ e^{iP}``, splits
 into an amplitude spectrum ``A`` (low-level "style": contrast, intensity, texture) and a phase spectrum ``P``
 (high-level semantics). Clients share only (the low-frequency part of) their images' amplitude spectra; a
 client ``k`` turns a local image into one styled like another client ``n``'s data by interpolating the
@@ -57,7 +57,8 @@ from lit_fed.client.payloads import ClientUpdate, ServerMessage, StateDict
 from lit_fed.client.regularizers import Regularizer
 from lit_fed.client.schedule import LocalSchedule
 from lit_fed.client.split import ParameterSelector
-from lit_fed.server.strategy import FedAvg, ServerContext, Strategy
+from lit_fed.server.fedavg import FedAvg
+from lit_fed.server.strategy import ServerContext, ServerStep, Strategy
 
 __all__ = [
     "AMPLITUDE_KEY",
@@ -399,10 +400,13 @@ class FedDGStrategy(Strategy):
     ``extras`` and delegates the aggregation. The bank is part of the strategy's checkpoint state.
 
     Args:
-        inner: The aggregation strategy (``None``: :class:`~lit_fed.server.strategy.FedAvg`).
+        inner: The aggregation strategy (``None``: :class:`~lit_fed.server.fedavg.FedAvg`); its server steps run
+            first.
+        steps: Server steps after ``inner``'s.
     """
 
-    def __init__(self, inner: Strategy | None = None) -> None:
+    def __init__(self, inner: Strategy | None = None, steps: Sequence[ServerStep] = ()) -> None:
+        super().__init__(steps)
         self.inner = inner if inner is not None else FedAvg()
         self.bank: dict[int, Tensor] = {}
 
@@ -436,10 +440,17 @@ class FedDGStrategy(Strategy):
         return self.inner.aggregate_train(round, updates, global_state)
 
     @override
-    def server_train(
-        self, global_state: StateDict, updates: Sequence[ClientUpdate], context: ServerContext
-    ) -> StateDict:
-        return self.inner.server_train(global_state, updates, context)
+    def bind(self, context: ServerContext) -> None:
+        self.inner.bind(context)
+
+    @override
+    def server_steps(self) -> list[ServerStep]:
+        """``inner``'s steps, then the steps given."""
+        return [*self.inner.server_steps(), *self.steps]
+
+    @override
+    def configure_evaluate(self, round: int, client_ids: Sequence[int], global_state: StateDict) -> list[ServerMessage]:
+        return self.inner.configure_evaluate(round, client_ids, global_state)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """FedGen: data-free knowledge distillation for heterogeneous federated learning.
 
 Zhu, Hong and Zhou, "Data-Free Knowledge Distillation for Heterogeneous Federated Learning" (ICML 2021), Alg. 1,
-Eq. 4–5; the authors' code ``zhuangdizhu/FedGen`` (``serverpFedGen.py``, ``userpFedGen.py``, ``generator.py``).
-METHODS §3 [code].
+Eq. 4–5; the authors' code ``zhuangdizhu/FedGen`` (``serverpFedGen.py``, ``userpFedGen.py``, ``generator.py``)
+[code].
 
 **Server** (:class:`FedGen`). Besides FedAvg of the client models, the server trains a conditional generator
 ``G(y, ε)`` of *latent features* — the input of the clients' classifier head ``h`` — so that the clients' heads
@@ -23,16 +23,17 @@ weight decay 1e-2, the learning rate decayed ×0.98 per round [code].
 
 ``ŷ`` uniform over the labels the federation holds, ``α_t = max(1e-4, α_0·0.98^t)``, ``β_t`` likewise
 (:func:`fedgen_schedule`), α_0 10, β_0 10 (1 for harder data). The generator is frozen on the client (eval mode,
-no gradient); the KL target is detached. Clients upload their label counts (``ClientUpdate.label_counts``); the
-generator travels in ``ServerMessage.extras`` (counted as downloaded bytes); the generator, its optimizer and its
-learning-rate schedule are checkpointed in the strategy state.
+no gradient); the KL target is detached. Clients upload their label counts (``ClientUpdate.extras`` under
+:data:`LABEL_COUNTS_KEY`); the generator travels in ``ServerMessage.extras`` (counted as downloaded bytes); the
+generator, its optimizer and its learning-rate schedule are checkpointed in the strategy state. The generator's
+training is the strategy's own server step (:meth:`FedGen.server_steps`), before any step a run adds.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -47,12 +48,14 @@ from lit_fed.client.schedule import LocalSchedule
 from lit_fed.client.split import ParameterSelector
 from lit_fed.client.teacher import FrozenModule
 from lit_fed.server.aggregation import Aggregator
-from lit_fed.server.strategy import FedAvg, ServerContext
+from lit_fed.server.fedavg import FedAvg
+from lit_fed.server.strategy import ServerContext, ServerStep
 from lit_fed.utils.seeding import derive_seed, torch_generator
 
 __all__ = [
     "GENERATOR_PREFIX",
     "LABELS_KEY",
+    "LABEL_COUNTS_KEY",
     "FedGen",
     "FedGenClient",
     "Generator",
@@ -66,6 +69,8 @@ GENERATOR_PREFIX = "fedgen.generator."
 """Prefix of the generator's state-dict entries in ``ServerMessage.extras``."""
 LABELS_KEY = "fedgen.labels"
 """``ServerMessage.extras`` entry: the labels held by some client (``ŷ`` is drawn among them)."""
+LABEL_COUNTS_KEY = "fedgen.label_counts"
+"""``ClientUpdate.extras`` entry: the ``(C,)`` training labels a client counted in its round."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -223,10 +228,11 @@ class FedGenClient(FederatedClient):
     generator (round 0, or plain Lightning use without :meth:`set_generator`) the loss is plain CE.
 
     The labels of every trained batch are counted (reset at each fit start) and uploaded as
-    ``ClientUpdate.label_counts`` (what the code's ``update_label_counts`` counts).
+    ``ClientUpdate.extras[LABEL_COUNTS_KEY]`` (what the code's ``update_label_counts`` counts).
 
-    ``gen_batch_size`` ``None`` draws as many ``ŷ`` as the batch has samples (the METHODS formula). With a fixed
-    ``gen_batch_size`` the α term is scaled by ``gen_batch_size / batch size`` as in the code's ``gen_ratio``.
+    ``gen_batch_size`` ``None`` draws as many ``ŷ`` as the batch has samples (the paper's Eq. 5, one ``ŷ`` per
+    sample). With a fixed ``gen_batch_size`` the α term is scaled by ``gen_batch_size / batch size`` as in the code's
+    ``gen_ratio``.
 
     Args:
         backbone: A model with timm's feature/head contract whose classifier takes the embedding.
@@ -370,10 +376,10 @@ class FedGenClient(FederatedClient):
 
     @override
     def build_update(self, num_samples: int) -> ClientUpdate:
-        """The shared state plus ``label_counts``: the ``(C,)`` labels counted over the round's training batches."""
+        """The shared state plus the ``(C,)`` labels counted over the round's batches (:data:`LABEL_COUNTS_KEY`)."""
         update = super().build_update(num_samples)
         counts = self._label_counts
-        update.label_counts = (
+        update.extras[LABEL_COUNTS_KEY] = (
             torch.zeros(self.num_classes, dtype=torch.long) if counts is None else counts.detach().to("cpu").long()
         )
         return update
@@ -393,11 +399,12 @@ class FedGen(FedAvg):
 
     Round protocol: :meth:`configure_train` sends the generator's state (and the labels ``ŷ`` is drawn among) in
     every message's ``extras`` once it has been trained (from round 1); :meth:`aggregate_train` checks that every
-    update carries ``label_counts`` and averages the models (FedAvg); :meth:`server_train` trains the generator for
-    ``iterations`` Adam steps on the round's updates (their heads and label counts, see the module docstring), then
-    decays its learning rate. The global state is unchanged by the generator.
+    update carries its label counts and averages the models (FedAvg); the strategy's server step
+    (:meth:`train_on_updates`) trains the generator for ``iterations`` Adam steps on the round's updates (their heads
+    and label counts, see the module docstring), then decays its learning rate. The global state is unchanged by
+    the generator.
 
-    The generator is built at the first :meth:`server_train` for the client's head input size and number of classes
+    The generator is built at the first training step for the client's head input size and number of classes
     (initialization stream ``derive_seed(seed, "fedgen", "generator")``, ``seed`` the datamodule's); its state, the
     Adam state, the schedule and the label pool round-trip through :meth:`state_dict` / :meth:`load_state_dict`.
     Label sampling and noise in round ``t`` draw from ``torch_generator(seed, "fedgen", t)``.
@@ -416,7 +423,10 @@ class FedGen(FedAvg):
         weighted: Weight FedAvg by sample count.
         aggregator: The FedAvg rule (a robust rule may replace the mean).
         device: Where the generator trains.
+        steps: Server steps after the generator's training.
     """
+
+    supports_asynchronous: ClassVar[bool] = False  # the generator trains on a round's updates together
 
     def __init__(
         self,
@@ -433,8 +443,9 @@ class FedGen(FedAvg):
         weighted: bool = True,
         aggregator: Aggregator | None = None,
         device: str = "cpu",
+        steps: Sequence[ServerStep] = (),
     ) -> None:
-        super().__init__(aggregator=aggregator, weighted=weighted)
+        super().__init__(aggregator=aggregator, weighted=weighted, steps=steps)
         if not lr > 0:
             raise ValueError(f"FedGen: lr must be > 0, got {lr}")
         if iterations < 1 or batch_size < 2:
@@ -458,6 +469,7 @@ class FedGen(FedAvg):
         self.labels: Tensor | None = None
         self.trained_rounds = 0
         self.last_metrics: dict[str, float] = {}
+        self._training = _GeneratorTraining(self)
 
     # -- building --------------------------------------------------------------------------------------
     def setup(self, num_classes: int, latent_dim: int, seed: int = 0) -> Generator:
@@ -507,15 +519,20 @@ class FedGen(FedAvg):
         """FedAvg, after checking that every update carries its label counts.
 
         Raises:
-            ValueError: an update without ``label_counts`` (use :class:`FedGenClient`).
+            ValueError: an update without label counts (use :class:`FedGenClient`).
         """
         for update in updates:
-            if update.label_counts is None:
+            if LABEL_COUNTS_KEY not in update.extras:
                 raise ValueError(
-                    f"FedGen: client {update.client_id} (round {update.round}) uploaded no label_counts; "
-                    "FedGen needs lit_fed.methods.FedGenClient"
+                    f"FedGen: client {update.client_id} (round {update.round}) uploaded no label counts "
+                    f"(extras['{LABEL_COUNTS_KEY}']); FedGen needs lit_fed.methods.FedGenClient"
                 )
         return super().aggregate_train(round, updates, global_state)
+
+    @override
+    def server_steps(self) -> list[ServerStep]:
+        """The generator's training, then the steps given."""
+        return [self._training, *self.steps]
 
     def _heads(self, template: nn.Module, updates: Sequence[ClientUpdate]) -> tuple[nn.Module, list[StateDict]]:
         head, prefix = classifier_head(template)
@@ -572,30 +589,26 @@ class FedGen(FedAvg):
         metrics["fedgen_generator_lr"] = float(self.optimizer.param_groups[0]["lr"])
         return metrics
 
-    @override
-    def server_train(
-        self, global_state: StateDict, updates: Sequence[ClientUpdate], context: ServerContext
-    ) -> StateDict:
-        """Trains the generator on the round's updates (their heads and label counts); the global state is unchanged.
+    def train_on_updates(self, updates: Sequence[ClientUpdate], context: ServerContext) -> None:
+        """Trains the generator on the round's updates (their heads and label counts).
 
         Raises:
             ValueError: no client template in ``context`` (the head's architecture comes from it).
         """
         if not updates:
-            return global_state
+            return
         template = context.client_template
         if template is None:
-            raise ValueError("FedGen.server_train needs ServerContext.client_template (the head's architecture)")
+            raise ValueError("FedGen needs ServerContext.client_template (the head's architecture)")
         seed = int(getattr(context.datamodule, "seed", 0))
         head, states = self._heads(template, updates)
-        num_classes = int(getattr(template, "num_classes", 0)) or int(updates[0].label_counts.numel())  # type: ignore[union-attr]
+        counts_of = [u.extras[LABEL_COUNTS_KEY] for u in updates]
+        num_classes = int(getattr(template, "num_classes", 0)) or int(counts_of[0].numel())
         self.setup(num_classes, _head_input_size(head), seed)
-        counts = torch.stack([u.label_counts for u in updates]).to(torch.float64)  # type: ignore[misc]
+        counts = torch.stack(counts_of).to(torch.float64)
         with torch.random.fork_rng(devices=[]):
             self.last_metrics = self.train_generator(head, states, counts, context.round, seed)
-        if context.logger is not None:
-            context.logger(self.last_metrics)
-        return global_state
+        context.log(self.last_metrics)
 
     # -- checkpoints -----------------------------------------------------------------------------------
     @override
@@ -630,3 +643,22 @@ class FedGen(FedAvg):
             f"FedGen(noise_dim={self.noise_dim}, hidden_dim={self.hidden_dim}, lr={self.lr}, "
             f"iterations={self.iterations}, batch_size={self.batch_size})"
         )
+
+
+class _GeneratorTraining(ServerStep):
+    """FedGen's server step: trains the strategy's generator on the round's updates; the global state is unchanged."""
+
+    def __init__(self, strategy: FedGen) -> None:
+        self.strategy = strategy
+
+    @property
+    def state_key(self) -> str:
+        return "FedGen.generator_training"  # its state is the strategy's (checkpointed with it)
+
+    @override
+    def run(self, global_state: StateDict, updates: Sequence[ClientUpdate], context: ServerContext) -> StateDict:
+        self.strategy.train_on_updates(updates, context)
+        return global_state
+
+    def __repr__(self) -> str:
+        return "FedGen.generator_training"

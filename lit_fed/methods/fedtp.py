@@ -1,7 +1,7 @@
 r"""FedTP and Personalized-T: transformer personalization through the self-attention projections (seed paper).
 
 Li, Lin, Shao, Chen, Zhao and Wei, "FedTP: Federated Learning by Transformer Personalization" (IEEE TNNLS 2023);
-official code ``zhyczy/FedTP``. METHODS §4.
+official code ``zhyczy/FedTP`` [code].
 
 The personal part of a transformer is each block's fused query/key/value projection ``W^{qkv}_l``
 (``3·heads·dim_head × dim``, no bias) — selected by module with :class:`QKV`; everything else is shared and FedAvg'd.
@@ -96,7 +96,7 @@ class QKV(ParameterSelector):
 class FedTP(HypernetworkStrategy):
     """FedTP's server (Li et al. 2023): a hypernetwork generating every block's QKV projection, FedAvg of the rest.
 
-    Defaults (METHODS §4): client embedding 128, MLP width 150 with 3 hidden layers (ReLU between), one linear head
+    Defaults [code]: client embedding 128, MLP width 150 with 3 hidden layers (ReLU between), one linear head
     per block; SGD on ``φ`` with lr 0.01, momentum 0.9, weight decay 1e-3; no gradient clipping [code];
     ``g_φ = Σ_i p_i (∂W_i/∂φ)ᵀ (W_i − W̃_i)``. Pair with :class:`FedTPClient` (``configs/method/fedtp.yaml``).
 

@@ -1,7 +1,7 @@
 """Partially personalized FL: FFGG, FedAlt and FedSim schedules with one server rule (seed paper).
 
 Mishchenko, Islamov, Gorbunov & Horváth 2023, "Partially Personalized Federated Learning: Breaking the Curse of
-Data Heterogeneity" — METHODS §2, the "Partial PFL / FFGG" row.
+Data Heterogeneity" (ICML 2023), Alg. 1 (FFGG).
 
 The model splits into a shared part ``x`` (aggregated) and a personal part ``y_k`` per client (kept in the
 client-state store across rounds); the split is the client module's ``personal=[...]`` selectors (default: the
@@ -23,9 +23,9 @@ Krum) the step is ``x − γ·η·agg({g_k})``: the paper's server step size is 
 ``γ = γ_paper / η``. ``γ = 1`` (the default) is FedAvg-like averaging of the clients' models. Centered clipping is not
 homogeneous: a radius τ on deltas is a radius τ/η on gradients.
 
-In asynchronous mode (:class:`~lit_fed.loop.async_loop.AsyncFederatedLoop`) each update is applied alone as it
-arrives, ``x ← x + γ · s(τ) · (x_k − x_start)`` with the staleness discount ``s(τ) = 1/(1+τ)`` [design,
-METHODS §2] — :meth:`PartialPFL.apply_async_update`.
+In asynchronous mode (:mod:`lit_fed.loop.asynchronous`) each update is applied alone as it arrives,
+``x ← x + γ · s(τ) · (x_k − x_start)`` with the staleness discount ``s(τ) = 1/(1+τ)`` [design; the polynomial
+discount of FedAsync, Xie et al. 2019] — :meth:`PartialPFL.staleness_update`.
 
 Example (YAML, FFGG with K_y = 5, H = 1)::
 
@@ -45,15 +45,14 @@ Example (YAML, FFGG with K_y = 5, H = 1)::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from typing_extensions import override
 
 from lit_fed.client.payloads import ClientUpdate, StateDict
 from lit_fed.client.schedule import LocalSchedule, Phase
-from lit_fed.loop.async_loop import staleness_step
-from lit_fed.server.aggregation import Aggregator
-from lit_fed.server.strategy import FedAvg
+from lit_fed.server.aggregation import Aggregator, staleness_step
+from lit_fed.server.fedavg import FedAvg
 
 
 def ffgg_schedule(personal_steps: int = 5, shared_steps: int = 1) -> LocalSchedule:
@@ -121,6 +120,8 @@ class PartialPFL(FedAvg):
         ValueError: ``server_lr ≤ 0``.
     """
 
+    supports_asynchronous: ClassVar[bool] = True
+
     def __init__(self, server_lr: float = 1.0, aggregator: Aggregator | None = None, weighted: bool = False) -> None:
         super().__init__(aggregator=aggregator, weighted=weighted)
         if not server_lr > 0:
@@ -133,7 +134,8 @@ class PartialPFL(FedAvg):
         merged = self.aggregator([u.state for u in updates], self.weights(updates), reference=global_state)
         return staleness_step(global_state, merged, global_state, self.server_lr)
 
-    def apply_async_update(
+    @override
+    def staleness_update(
         self,
         global_state: StateDict,
         update: ClientUpdate,

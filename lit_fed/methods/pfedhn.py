@@ -1,6 +1,6 @@
 r"""pFedHN and pFedHN-PC, and the server-side hypernetwork machinery they share with FedTP.
 
-Shamsian, Navon, Fetaya and Chechik, "Personalized Federated Learning using Hypernetworks" (ICML 2021); METHODS §4.
+Shamsian, Navon, Fetaya and Chechik, "Personalized Federated Learning using Hypernetworks" (ICML 2021), Alg. 1.
 A server hypernetwork ``h(v_i; φ)`` maps a learned client embedding ``v_i ∈ R^{d_e}`` (``d_e = 1 + N/4``) through
 an MLP ``Linear(d_e, 100) → [ReLU → Linear(100, 100)] × 3`` and one linear head per target tensor to client ``i``'s
 personal weights ``θ_i``. A round, for the sampled clients ``S`` [code: ``experiments/pfedhn/trainer.py``]:
@@ -22,22 +22,23 @@ The pieces, usable on their own:
 * :func:`hypernetwork_gradients` — ``Σ_i w_i (∂θ_i/∂φ)ᵀ (θ_i − θ̃_i)``.
 * :class:`HypernetworkStrategy` — a FedAvg :class:`~lit_fed.server.strategy.Strategy` that generates the sampled
   clients' tensors in ``configure_train`` (sent as ``ServerMessage.extras``), FedAvgs the shared rest, and steps ``φ``
-  in ``server_train`` from the trained tensors the clients return in ``ClientUpdate.extras``. Its hypernetwork,
+  in its own server step from the trained tensors the clients return in ``ClientUpdate.extras``. Its hypernetwork,
   optimizer state and version round-trip through ``state_dict`` (round checkpoints resume exactly).
   :class:`PFedHN` holds the paper's defaults; :class:`~lit_fed.methods.fedtp.FedTP` is the transformer variant.
 * :class:`HypernetworkClient` — a :class:`~lit_fed.client.module.FederatedClient` whose ``generated`` parameters
   are overwritten by the server's tensors each round and returned trained; ``personal`` selectors name private,
   never-generated layers (pFedHN-PC's head). :class:`PFedHNClient` is the pFedHN/pFedHN-PC client.
 
-**Evaluating clients that never trained.** The loop evaluates client ``c`` with its stored personal state (or the
-initial one), the global state and the strategy's :meth:`~lit_fed.server.strategy.Strategy.personal_overlay`, which
-here is ``h(v_c; φ)`` for the *current* ``φ`` — exactly what the official ``evaluate`` does for every client [code],
-trained or not. Under Flower the overlay travels with the evaluate message to the node that keeps the client's
-private layers. A client keeps only its private layers (:meth:`HypernetworkClient.personal_state`): the generated
-tensors are a function of ``φ``. :func:`bind_hypernetwork` (what :meth:`HypernetworkStrategy.bind` runs at the end of
-the loop's ``setup()``, so also before ``lit-fed validate/test`` evaluates a checkpoint) builds the hypernetwork for
-the loop's client and number of clients. The loop's ``global_acc`` uses the *initial* generated tensors and is not
-meaningful for these methods; report the personalized accuracy, as the paper does.
+**Evaluating clients that never trained.** Client ``c`` is evaluated with its stored personal state (or the initial
+one), the global state and what :meth:`HypernetworkStrategy.configure_evaluate` sends it: ``h(v_c; φ)`` for the
+*current* ``φ`` in the message's ``extras`` — exactly what the official ``evaluate`` does for every client [code],
+trained or not — which :meth:`HypernetworkClient.receive_evaluation` loads. Under Flower it travels with the evaluate
+message to the node that keeps the client's private layers. A client keeps only its private layers
+(:meth:`HypernetworkClient.personal_state`): the generated tensors are a function of ``φ``.
+:func:`bind_hypernetwork` (what :meth:`HypernetworkStrategy.bind` runs when the loop is set up, so also before
+``lit-fed validate/test`` evaluates a checkpoint) builds the hypernetwork for the client module and the number of
+clients. The loop's ``global_acc`` uses the *initial* generated tensors and is not meaningful for these methods;
+report the personalized accuracy, as the paper does.
 
 Example (Python API; the YAML configs ``configs/method/pfedhn.yaml`` / ``pfedhn_pc.yaml`` wire the same)::
 
@@ -53,7 +54,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -65,15 +66,11 @@ from lit_fed.client.regularizers import Regularizer
 from lit_fed.client.schedule import LocalSchedule
 from lit_fed.client.split import Head, Modules, ParameterSelector
 from lit_fed.server.aggregation import Aggregator
-from lit_fed.server.strategy import FedAvg, ServerContext
+from lit_fed.server.fedavg import FedAvg
+from lit_fed.server.strategy import ServerContext, ServerStep
 from lit_fed.utils.seeding import derive_seed
 
-if TYPE_CHECKING:
-    from lit_fed.loop.federated_loop import FederatedLoop
-
 __all__ = [
-    "GENERATED_MARKER",
-    "VERSION_KEY",
     "Hypernetwork",
     "HypernetworkClient",
     "HypernetworkStrategy",
@@ -82,19 +79,6 @@ __all__ = [
     "bind_hypernetwork",
     "hypernetwork_gradients",
 ]
-
-VERSION_KEY = "hypernetwork_version"
-"""A 0-dim int64 buffer of every :class:`HypernetworkClient`: the number of hypernetwork steps behind the tensors it
-received. It is a *shared* key: the loop requires at least one, and pFedHN's client has no other (every weight is
-generated or private) [design]."""
-
-GENERATED_MARKER = "__hypernetwork_generated__"
-"""An entry of every :meth:`HypernetworkStrategy.personal_overlay` (the hypernetwork's version). A
-:class:`HypernetworkClient` whose personal state was last loaded without it (and that has not received its tensors
-in a round since) refuses personalized predictions: it was not given its generated tensors (a loop evaluated without
-the strategy's overlay, e.g. after a bare ``loop.restore`` without ``setup``), and would otherwise report a silently
-wrong accuracy."""
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # The hypernetwork
@@ -216,17 +200,17 @@ class _RoundOutputs:
 class HypernetworkStrategy(FedAvg):
     """Generates the sampled clients' personal tensors with a hypernetwork; FedAvg of the rest; SGD on ``φ``.
 
-    Round protocol (METHODS §4): :meth:`configure_train` runs **one** batched forward for the sampled clients only
-    (its cost scales with the sampled, not the registered, clients), keeps the graph and sends each client its slice
-    in ``ServerMessage.extras``; :meth:`aggregate_train` is FedAvg over the shared keys (the generated tensors are
-    personal keys and never reach the global state); :meth:`server_train` computes ``g_φ = Σ_i p_i (∂θ_i/∂φ)ᵀ
-    (θ_i − θ̃_i)`` from the trained tensors in ``ClientUpdate.extras`` (:func:`hypernetwork_gradients`), optionally
-    clips its norm, and steps the SGD optimizer on ``φ``.
+    Round protocol (Shamsian et al. 2021, Alg. 1): :meth:`configure_train` runs **one** batched forward for the
+    sampled clients only (its cost scales with the sampled, not the registered, clients), keeps the graph and sends
+    each client its slice in ``ServerMessage.extras``; :meth:`aggregate_train` is FedAvg over the shared keys (the
+    generated tensors are personal keys and never reach the global state); the strategy's own server step
+    (:meth:`hypernetwork_step`) computes ``g_φ = Σ_i p_i (∂θ_i/∂φ)ᵀ (θ_i − θ̃_i)`` from the trained tensors in
+    ``ClientUpdate.extras`` (:func:`hypernetwork_gradients`), optionally clips its norm, and steps the SGD optimizer
+    on ``φ``; :meth:`configure_evaluate` sends every client ``h(v_c; φ)`` for evaluation.
 
     The hypernetwork is built by :meth:`setup` from the client module's generated shapes and the number of clients —
-    :meth:`bind` (called by the loop's ``setup()``) does this through :func:`bind_hypernetwork`, and installs the
-    evaluation view (see the module docstring). The step's metrics (``hn_grad_norm``, ``hn_delta_norm``) join the
-    round's metrics through ``ServerContext.logger``.
+    :meth:`bind` (called when the loop is set up) does this through :func:`bind_hypernetwork`. The step's metrics
+    (``hn_grad_norm``, ``hn_delta_norm``, ``hn_version``) join the round's metrics through ``ServerContext.log``.
 
     Args:
         embedding_dim: Client-embedding size; ``None`` means ``int(1 + N/4)`` (pFedHN).
@@ -239,7 +223,10 @@ class HypernetworkStrategy(FedAvg):
         weighted: Weight clients by sample count (``p_i = n_i/Σn``), in FedAvg and in ``g_φ``; else uniformly.
         aggregator: The FedAvg rule for the shared keys (a robust rule may replace the mean).
         device: Where the hypernetwork lives (``"cpu"``, ``"cuda"``, ...).
+        steps: Server steps after the hypernetwork's.
     """
+
+    supports_asynchronous: ClassVar[bool] = False  # φ steps on the batched forward of a round's sampled clients
 
     def __init__(
         self,
@@ -253,8 +240,9 @@ class HypernetworkStrategy(FedAvg):
         weighted: bool = True,
         aggregator: Aggregator | None = None,
         device: str = "cpu",
+        steps: Sequence[ServerStep] = (),
     ) -> None:
-        super().__init__(aggregator=aggregator, weighted=weighted)
+        super().__init__(aggregator=aggregator, weighted=weighted, steps=steps)
         if not lr > 0:
             raise ValueError(f"{type(self).__name__}: lr must be > 0, got {lr}")
         if max_grad_norm is not None and not max_grad_norm > 0:
@@ -273,6 +261,7 @@ class HypernetworkStrategy(FedAvg):
         self.last_metrics: dict[str, float] = {}
         self._stashed: dict[str, Any] | None = None
         self._round: _RoundOutputs | None = None
+        self._update = _HypernetworkUpdate(self)
 
     # -- building ------------------------------------------------------------------------------------------
     def setup(self, target_shapes: Mapping[str, Sequence[int]], num_clients: int, seed: int = 0) -> Hypernetwork:
@@ -307,14 +296,22 @@ class HypernetworkStrategy(FedAvg):
         return self.hypernetwork
 
     @override
-    def bind(self, loop: Any) -> None:
-        """Builds the hypernetwork for the loop's client and number of clients (:func:`bind_hypernetwork`)."""
-        bind_hypernetwork(loop)
+    def bind(self, context: ServerContext) -> None:
+        """Builds the hypernetwork for the client module and the number of clients (:func:`bind_hypernetwork`)."""
+        bind_hypernetwork(context, self)
 
     @override
-    def personal_overlay(self, client_id: int) -> StateDict:
-        """``h(v_c; φ)`` for the current ``φ`` (:meth:`personal_tensors`) and the :data:`GENERATED_MARKER`."""
-        return {**self.personal_tensors(client_id), GENERATED_MARKER: torch.tensor(self.version)}
+    def server_steps(self) -> list[ServerStep]:
+        """The hypernetwork's step on ``φ``, then the steps given."""
+        return [self._update, *self.steps]
+
+    @override
+    def configure_evaluate(self, round: int, client_ids: Sequence[int], global_state: StateDict) -> list[ServerMessage]:
+        """Every client is evaluated with ``h(v_c; φ)`` for the current ``φ`` (:meth:`personal_tensors`) in extras."""
+        return [
+            ServerMessage(round=round, client_id=cid, state=global_state, extras=self.personal_tensors(cid))
+            for cid in client_ids
+        ]
 
     def _check_spec(self, shapes: Mapping[str, tuple[int, ...]], num_clients: int, what: str) -> None:
         assert self.hypernetwork is not None
@@ -377,19 +374,6 @@ class HypernetworkStrategy(FedAvg):
             )
             for row, cid in enumerate(ids)
         ]
-
-    @override
-    def server_train(
-        self, global_state: StateDict, updates: Sequence[ClientUpdate], context: ServerContext
-    ) -> StateDict:
-        """The hypernetwork step (:meth:`hypernetwork_step`); stamps the new version into the global state."""
-        self.last_metrics = self.hypernetwork_step(updates)
-        if context.logger is not None:
-            context.logger(self.last_metrics)
-        state = dict(global_state)
-        if VERSION_KEY in state:
-            state[VERSION_KEY] = torch.tensor(self.version, dtype=state[VERSION_KEY].dtype)
-        return state
 
     def hypernetwork_step(self, updates: Sequence[ClientUpdate]) -> dict[str, float]:
         """One SGD step on ``φ`` with ``g_φ = Σ_i p_i (∂θ_i/∂φ)ᵀ (θ_i − θ̃_i)`` over the accepted ``updates``.
@@ -481,7 +465,7 @@ class HypernetworkStrategy(FedAvg):
 
 
 class PFedHN(HypernetworkStrategy):
-    """pFedHN's server (Shamsian et al. 2021) with the official defaults (METHODS §4) [code].
+    """pFedHN's server (Shamsian et al. 2021) with the official defaults [code].
 
     Embedding ``d_e = int(1 + N/4)``, MLP width 100 with 3 hidden layers, SGD on ``φ`` with lr 1e-2, momentum 0.9,
     weight decay 1e-3, gradient norm clipped at 50. Pair with :class:`PFedHNClient` (``private_head=True`` for
@@ -517,8 +501,9 @@ class HypernetworkClient(FederatedClient):
     :meth:`receive_global` loads the shared state and then overwrites the generated parameters with the tensors in
     ``message.extras``; local training updates *all* trainable parameters; :meth:`build_update` returns the trained
     generated tensors in ``ClientUpdate.extras`` (the strategy computes ``θ_i − θ̃_i`` from them). Generated and
-    ``personal`` (private) parameters are personal keys — never aggregated; the rest is shared (FedAvg), plus the
-    :data:`VERSION_KEY` buffer. Under a plain ``lightning.Trainer`` the module trains like any FederatedClient.
+    ``personal`` (private) parameters are personal keys — never aggregated; the rest is shared (FedAvg; pFedHN's
+    client shares nothing). For evaluation, :meth:`receive_evaluation` loads the generated tensors the strategy's
+    ``configure_evaluate`` sends. Under a plain ``lightning.Trainer`` the module trains like any FederatedClient.
 
     Args:
         backbone: A model with timm's feature/head contract.
@@ -546,27 +531,11 @@ class HypernetworkClient(FederatedClient):
         super().__init__(backbone, [*selectors, *personal], regularizers, optimizer, lr_scheduler, schedule)
         self.generated_selectors = selectors
         self.private_selectors = list(personal)
-        self.register_buffer(VERSION_KEY, torch.zeros((), dtype=torch.int64))
         self._generated_keys: list[str] | None = None
         self._generated_supplied = True  # standalone Lightning use: the module's own parameters are the model
         self._initial_generated: StateDict | None = None
 
     # -- keys ------------------------------------------------------------------------------------------
-    @override
-    def personal_keys(self) -> list[str]:
-        """Generated and private keys (never the version buffer)."""
-        if self._personal_keys is None:
-            self._personal_keys = [k for k in self.split.personal_keys(self) if k != VERSION_KEY]
-        return self._personal_keys
-
-    @override
-    def shared_keys(self) -> list[str]:
-        """Everything that is not personal, including :data:`VERSION_KEY`."""
-        if self._shared_keys is None:
-            personal = set(self.personal_keys())
-            self._shared_keys = [k for k in self.state_dict().keys() if k not in personal]
-        return self._shared_keys
-
     def generated_keys(self) -> list[str]:
         """State-dict keys of the generated parameters, in ``state_dict`` order.
 
@@ -617,14 +586,7 @@ class HypernetworkClient(FederatedClient):
         tensors = self._tensors()
         return {k: tensors[k].detach().to("cpu", copy=True) for k in self.personal_keys() if k not in generated}
 
-    @override
-    def receive_global(self, message: ServerMessage) -> None:
-        """Loads the shared state, then the generated tensors from ``message.extras``.
-
-        Raises:
-            KeyError: the message lacks a generated tensor.
-        """
-        super().receive_global(message)
+    def _load_generated(self, message: ServerMessage) -> None:
         keys = self.generated_keys()
         missing = [k for k in keys if k not in message.extras]
         if missing:
@@ -640,6 +602,25 @@ class HypernetworkClient(FederatedClient):
         self._generated_supplied = True
 
     @override
+    def receive_global(self, message: ServerMessage) -> None:
+        """Loads the shared state, then the generated tensors from ``message.extras``.
+
+        Raises:
+            KeyError: the message lacks a generated tensor.
+        """
+        super().receive_global(message)
+        self._load_generated(message)
+
+    @override
+    def receive_evaluation(self, message: ServerMessage) -> None:
+        """Loads the generated tensors the strategy sends for evaluation (``message.extras``).
+
+        Raises:
+            KeyError: the message lacks a generated tensor.
+        """
+        self._load_generated(message)
+
+    @override
     def build_update(self, num_samples: int) -> ClientUpdate:
         """The shared state plus the trained generated tensors ``θ̃_i`` in ``extras``."""
         update = super().build_update(num_samples)
@@ -649,19 +630,18 @@ class HypernetworkClient(FederatedClient):
 
     @override
     def load_personal_state(self, state: StateDict) -> None:
-        """Loads private and generated tensors; notes whether the generated ones came from the server.
+        """Loads the private tensors, and the initial generated ones (:meth:`initial_generated`).
 
-        They did when ``state`` holds the :data:`GENERATED_MARKER` of :meth:`HypernetworkStrategy.personal_overlay`;
-        generated tensors ``state`` lacks are the initial ones (:meth:`initial_generated`), so a client's model never
-        depends on the client trained before it in the same worker module.
+        A client's model thus never depends on the client trained before it in the same worker module; until the
+        server's tensors arrive (:meth:`receive_global`, :meth:`receive_evaluation`) personalized predictions are
+        refused.
         """
-        state = dict(state)
-        self._generated_supplied = state.pop(GENERATED_MARKER, None) is not None
+        self._generated_supplied = False
         super().load_personal_state({**self.initial_generated(), **state})
 
     @override
     def predict_logits(self, x: Tensor) -> Tensor:
-        """Personalized class scores; refuses when the generated tensors were not supplied (:data:`GENERATED_MARKER`).
+        """Personalized class scores; refuses when the server's generated tensors were not loaded.
 
         Raises:
             RuntimeError: the personal state was loaded without the hypernetwork's tensors.
@@ -669,8 +649,8 @@ class HypernetworkClient(FederatedClient):
         if not self._generated_supplied:
             raise RuntimeError(
                 f"{type(self).__name__}: personalized evaluation without the hypernetwork's generated tensors: "
-                "load the strategy's personal_overlay(client_id) with the personal state (FederatedLoop.load_client "
-                "does, after setup() has run bind_hypernetwork)"
+                "evaluate the client with the message of the strategy's configure_evaluate(...) (the loop does, "
+                "after its setup built the hypernetwork)"
             )
         return super().predict_logits(x)
 
@@ -716,22 +696,39 @@ class PFedHNClient(HypernetworkClient):
         self.private_head = private_head
 
 
-def bind_hypernetwork(loop: FederatedLoop) -> None:
-    """Builds the loop's hypernetwork strategy for its client's generated tensors and its number of clients.
+def bind_hypernetwork(context: ServerContext, strategy: HypernetworkStrategy) -> None:
+    """Builds ``strategy``'s hypernetwork for the context's client module and number of clients.
 
-    Idempotent. :meth:`HypernetworkStrategy.bind` calls it at the end of ``loop.setup()``, so evaluating a saved
-    checkpoint is ``loop.setup(); loop.restore(path); loop.evaluate()`` (what ``lit-fed validate/test`` do).
+    Idempotent. :meth:`HypernetworkStrategy.bind` calls it when a loop is set up, so evaluating a saved checkpoint
+    is ``loop.setup(); loop.restore(path); loop.evaluate()`` (what ``lit-fed validate/test`` do).
 
     Raises:
-        TypeError: the loop's strategy is not a :class:`HypernetworkStrategy` or its client not a
-            :class:`HypernetworkClient`.
+        TypeError: the client module is not a :class:`HypernetworkClient`.
     """
-    strategy, client = loop.strategy, loop.client
-    if not isinstance(strategy, HypernetworkStrategy):
-        raise TypeError(f"bind_hypernetwork: the loop's strategy {type(strategy).__name__} is not a hypernetwork one")
+    client = context.client_template
     if not isinstance(client, HypernetworkClient):
         raise TypeError(
-            f"bind_hypernetwork: the loop's client {type(client).__name__} is not a HypernetworkClient "
+            f"bind_hypernetwork: the client {type(client).__name__} is not a HypernetworkClient "
             "(PFedHNClient, FedTPClient)"
         )
-    strategy.setup(client.generated_shapes(), loop.num_clients, seed=loop.seed)
+    strategy.setup(client.generated_shapes(), context.num_clients, seed=context.seed)
+
+
+class _HypernetworkUpdate(ServerStep):
+    """The hypernetwork strategy's server step: one SGD step on ``φ`` (its state is the strategy's)."""
+
+    def __init__(self, strategy: HypernetworkStrategy) -> None:
+        self.strategy = strategy
+
+    @property
+    def state_key(self) -> str:
+        return f"{type(self.strategy).__name__}.hypernetwork_step"
+
+    @override
+    def run(self, global_state: StateDict, updates: Sequence[ClientUpdate], context: ServerContext) -> StateDict:
+        self.strategy.last_metrics = self.strategy.hypernetwork_step(updates)
+        context.log(self.strategy.last_metrics)
+        return global_state
+
+    def __repr__(self) -> str:
+        return self.state_key

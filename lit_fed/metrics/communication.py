@@ -41,10 +41,13 @@ class CommunicationMeter:
 
     def upload(self, update: ClientUpdate) -> int:
         """Counts a client update; returns its size."""
-        size = update_nbytes(update)
+        return self.upload_nbytes(update.client_id, update_nbytes(update))
+
+    def upload_nbytes(self, client_id: int, size: int) -> int:
+        """Counts ``size`` bytes sent by ``client_id`` (e.g. its answer to a method's task); returns ``size``."""
         self.round_up += size
         self.total_up += size
-        self.per_client_up[update.client_id] += size
+        self.per_client_up[client_id] += size
         return size
 
     def round_metrics(self) -> dict[str, float]:

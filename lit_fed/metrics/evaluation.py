@@ -20,6 +20,21 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassStatScores
 
 
+@dataclass
+class ClientEvaluation:
+    """One client's personalized evaluation on its own test split, as mergeable metric states.
+
+    Attributes:
+        client_id: The evaluated client.
+        accuracy: Its micro accuracy (``correct / total``) metric.
+        class_stats: Its per-class ``[tp, fp, tn, fn, support]`` counts (for shot-group accuracy).
+    """
+
+    client_id: int
+    accuracy: MulticlassAccuracy
+    class_stats: MulticlassStatScores
+
+
 def new_accuracy(num_classes: int) -> MulticlassAccuracy:
     """A micro-averaged (``correct / total``) accuracy metric."""
     return MulticlassAccuracy(num_classes=max(num_classes, 2), average="micro", sync_on_compute=False)
@@ -129,3 +144,18 @@ def pool_client_metrics(client_metrics: dict[int, MulticlassAccuracy], num_class
         p10=float(np.percentile(values, 10)),
         per_client=per_client,
     )
+
+
+def data_shot_groups(data: object, num_clients: int, few_below: int, many_above: int) -> dict[str, Tensor] | None:
+    """Shot groups of a federation's training pool, when the data reports per-client label counts.
+
+    Returns:
+        :func:`shot_groups` of the pooled per-class training counts, or ``None`` when ``data`` is not a
+        :class:`~lit_fed.data.protocol.PartitionReport`.
+    """
+    from lit_fed.data.protocol import PartitionReport
+
+    if not isinstance(data, PartitionReport):
+        return None
+    class_counts = sum(data.client_label_counts(c) for c in range(num_clients))
+    return shot_groups(torch.as_tensor(class_counts), few_below, many_above)

@@ -9,12 +9,36 @@ features a model's ``embed`` gives a dataloader. The server side (pooling, virtu
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lit_fed.client.payloads import FeatureStatistics
+from lit_fed.client.payloads import Payload
+
+
+@dataclass
+class FeatureStatistics(Payload):
+    """Per-class feature statistics of one client's data.
+
+    Attributes:
+        means: ``(C, d)`` per-class feature means.
+        covariances: ``(C, d, d)`` per-class unbiased covariances (divisor ``N_c - 1``).
+        counts: ``(C,)`` per-class sample counts.
+    """
+
+    means: Tensor
+    covariances: Tensor
+    counts: Tensor
+
+    def __post_init__(self) -> None:
+        num_classes = self.counts.shape[0]
+        if self.means.shape[0] != num_classes or self.covariances.shape[0] != num_classes:
+            raise ValueError(
+                f"FeatureStatistics: means {tuple(self.means.shape)}, covariances "
+                f"{tuple(self.covariances.shape)} and counts {tuple(self.counts.shape)} disagree on the class count"
+            )
 
 
 def feature_statistics(

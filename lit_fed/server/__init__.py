@@ -1,9 +1,10 @@
 """Server side: strategies, aggregation rules, client sampling, update validation."""
 
 from lit_fed.server.aggregation import Aggregator, WeightedMean, sample_weights
+from lit_fed.server.fedavg import FedAvg
 from lit_fed.server.fedopt import FedAdagrad, FedAdam, FedAvgM, FedOpt, FedYogi
 from lit_fed.server.sampling import ClientSampler, RoundParticipants
-from lit_fed.server.strategy import FedAvg, ServerContext, Strategy
+from lit_fed.server.strategy import ServerContext, ServerStep, Strategy
 from lit_fed.server.validation import UpdateMismatchError, screen_updates
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "FedYogi",
     "RoundParticipants",
     "ServerContext",
+    "ServerStep",
     "Strategy",
     "UpdateMismatchError",
     "WeightedMean",

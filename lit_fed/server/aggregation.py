@@ -68,3 +68,27 @@ class WeightedMean(Aggregator):
 
     def __repr__(self) -> str:
         return "WeightedMean()"
+
+
+def staleness_step(
+    global_state: StateDict,
+    update_state: StateDict,
+    start_state: StateDict,
+    weight: float,
+) -> StateDict:
+    """``x + weight · (x_k − x_start)`` on floating-point keys (float64 arithmetic); integer keys from the update.
+
+    The server step of one client update against the state it started from: FedAvg's asynchronous rule with a
+    staleness discount (``weight = s(τ)``; Xie et al. 2019, "Asynchronous Federated Optimization", Eq. 2), and a
+    server learning rate's step on an aggregate (``start_state = x``). Keys of ``global_state`` absent from the
+    update keep their value.
+    """
+    out = dict(global_state)
+    for key, value in update_state.items():
+        if torch.is_floating_point(value):
+            x = global_state[key].to(torch.float64)
+            delta = value.to(torch.float64) - start_state[key].to(torch.float64)
+            out[key] = (x + weight * delta).to(global_state[key].dtype)
+        else:
+            out[key] = value.clone()
+    return out

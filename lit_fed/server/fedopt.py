@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -23,7 +23,7 @@ from typing_extensions import override
 
 from lit_fed.client.payloads import ClientUpdate, StateDict
 from lit_fed.server.aggregation import Aggregator
-from lit_fed.server.strategy import FedAvg
+from lit_fed.server.fedavg import FedAvg
 
 
 def _float_keys(state: StateDict) -> list[str]:
@@ -38,6 +38,8 @@ class FedAvgM(FedAvg):
         momentum: β.
         aggregator: The rule producing ``Σ p_k w_k`` (weighted mean by default).
     """
+
+    supports_asynchronous: ClassVar[bool] = False  # the momentum is defined per round of aggregated updates
 
     def __init__(self, server_lr: float = 1.0, momentum: float = 0.9, aggregator: Aggregator | None = None) -> None:
         super().__init__(aggregator)
@@ -80,6 +82,8 @@ class FedOpt(FedAvg):
         tau: τ, adaptivity; ``v₀ = τ²``.
         aggregator: The rule producing ``Σ p_k w_k``.
     """
+
+    supports_asynchronous: ClassVar[bool] = False  # the moments are defined per round of aggregated updates
 
     def __init__(
         self,

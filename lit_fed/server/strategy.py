@@ -1,74 +1,139 @@
-"""The server strategy interface (after Flower's ``configure_train``/``aggregate_train`` split).
+"""The server strategy interface: configure, aggregate, then an ordered list of server steps.
 
-A round asks the strategy three things:
+A round asks the strategy (after Flower's ``configure_*``/``aggregate_*`` pairs):
 
 1. :meth:`Strategy.configure_train` — what each sampled client receives (a typed ``ServerMessage``);
 2. :meth:`Strategy.aggregate_train` — how the clients' ``ClientUpdate`` objects become the next global state;
-3. :meth:`Strategy.server_train` — optional server-side training after aggregation (ensemble distillation,
-   generator or hypernetwork updates, classifier calibration), given a :class:`ServerContext`.
+3. its :meth:`Strategy.server_steps`, in order — server-side computations after aggregation
+   (:class:`ServerStep`: distillation into the global model, training a server-side model, classifier
+   calibration, ...), each given the updates and a :class:`ServerContext`;
+4. :meth:`Strategy.configure_evaluate` — the model each client is evaluated with.
 
-Strategy state (server-optimizer moments, hypernetworks) round-trips through ``state_dict``/``load_state_dict``
-so round checkpoints resume exactly.
+A run's pipeline is the strategy's own steps followed by the run's extra steps (``trainer.server_steps`` in a
+config), so steps of different methods compose. Strategy state (server-optimizer moments, server-side models) and each
+step's state round-trip through ``state_dict``/``load_state_dict`` so round checkpoints resume exactly.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from lit_fed.client.payloads import ClientUpdate, ServerMessage, StateDict
-from lit_fed.server.aggregation import Aggregator, WeightedMean, sample_weights
+import torch
+
+from lit_fed.client.payloads import ClientUpdate, Payload, ServerMessage, StateDict
+
+if TYPE_CHECKING:
+    from lit_fed.client.tasks import ClientTask
+
+
+def _no_tasks(tasks: Sequence[ClientTask]) -> list[Payload | None]:
+    raise RuntimeError("this ServerContext has no clients to send tasks to (it was built outside a federated loop)")
+
+
+def _no_evaluation(global_state: StateDict) -> dict[str, float]:
+    raise RuntimeError("this ServerContext cannot evaluate (it was built outside a federated loop)")
 
 
 @dataclass
 class ServerContext:
-    """What server-side training may use besides the updates.
+    """What the strategy and its server steps may use besides the updates.
 
     Attributes:
-        round: The current round.
-        client_template: The client module (for architecture: build a model with the global state).
-        datamodule: The federated datamodule (server data, global test set).
+        round: The current round (0-based).
+        client_template: The server's client module (for the architecture: build a model with a state).
+        datamodule: The federated data (server-side data, the global test set, the seed).
+        num_clients: Number of registered clients.
+        seed: The run seed.
+        rounds: The run's number of rounds.
         trainer_kwargs: The per-client Trainer settings, for a server-side Lightning fit.
-        logger: Callable ``(metrics: dict) -> None``: scalars for this round; the loop adds them to the round's
-            metrics (its history, loggers and summary).
+        eval_device: Where server-side models run.
+        initial_personal: The client module's initial personal state (the personal part of the global model).
+        log: ``log(metrics)``: scalars the loop adds to this round's metrics (history, loggers, summary).
+        run_tasks: ``run_tasks(tasks) -> answers``: sends method-defined
+            :class:`~lit_fed.client.tasks.ClientTask` objects to their clients (wherever they live) and returns
+            their answers in order; the answers' bytes are counted as uploaded.
+        evaluate: ``evaluate(global_state) -> metrics``: the round's evaluation (global and personalized
+            accuracy) of a candidate global state.
+        model_messages: ``model_messages(client_ids, global_state) -> messages``: what describes each client's
+            model for ``global_state`` (the strategy's ``configure_evaluate``), e.g. for a task that embeds the
+            client's data with its model.
     """
 
-    round: int
+    round: int = 0
     client_template: Any = None
     datamodule: Any = None
+    num_clients: int = 0
+    seed: int = 0
+    rounds: int = 1
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
-    logger: Any = None
+    eval_device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    initial_personal: StateDict = field(default_factory=dict)
+    log: Callable[[dict[str, float]], None] = lambda metrics: None  # noqa: E731
+    run_tasks: Callable[[Sequence[ClientTask]], list[Payload | None]] = _no_tasks
+    evaluate: Callable[[StateDict], dict[str, float]] = _no_evaluation
+    model_messages: Callable[[Sequence[int], StateDict], list[ServerMessage]] = lambda ids, state: [
+        ServerMessage(round=0, client_id=int(c), state=state) for c in ids
+    ]
+
+
+class ServerStep(ABC):
+    """One server-side computation after aggregation, composable with any strategy and any other step.
+
+    A step maps the aggregated global state (and the round's accepted updates) to a new global state, and may
+    report metrics (``context.log``) or ask clients for more (``context.run_tasks``). Steps run in order every
+    round; stateful steps checkpoint under :attr:`state_key`.
+    """
+
+    @property
+    def state_key(self) -> str:
+        """The key of this step's state in round checkpoints (unique among a run's steps)."""
+        return type(self).__qualname__
+
+    def bind(self, context: ServerContext) -> None:  # noqa: B027
+        """Called once when the run is set up, before a checkpoint is restored or a round runs. Default: nothing."""
+
+    @abstractmethod
+    def run(self, global_state: StateDict, updates: Sequence[ClientUpdate], context: ServerContext) -> StateDict:
+        """The next global state, from the aggregated one and the round's accepted updates."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to checkpoint with the round. Default: none."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027
+        """Restores :meth:`state_dict`."""
 
 
 class Strategy(ABC):
-    """Base server strategy: configure a round, aggregate its updates, optionally train on the server."""
+    """Base server strategy: configure a round, aggregate its updates, then run the server steps.
 
-    def bind(self, loop: Any) -> None:  # noqa: B027
-        """Called at the end of the loop's ``setup()``, before a checkpoint is restored or a round runs.
+    Args:
+        steps: Server steps run after aggregation, in order, after the strategy's own.
 
-        A strategy whose server state depends on the run (a hypernetwork sized by the client's generated tensors
-        and the number of clients) builds it here, so that training, resuming and evaluating a saved checkpoint
-        (``lit-fed validate/test --ckpt_path``) all see the same server. Must be idempotent. Default: nothing.
+    Attributes:
+        supports_asynchronous: Whether :meth:`staleness_update` defines this strategy's rule for one stale update
+            (asynchronous mode refuses strategies that do not declare one).
+    """
 
-        Args:
-            loop: The :class:`~lit_fed.loop.federated_loop.FederatedLoop` (its ``client``, ``datamodule``,
-                ``num_clients``, ``seed`` and ``state_store`` are set).
+    supports_asynchronous: ClassVar[bool] = False
+    steps: Sequence[ServerStep] = ()
+
+    def __init__(self, steps: Sequence[ServerStep] = ()) -> None:
+        self.steps = list(steps)
+
+    def bind(self, context: ServerContext) -> None:  # noqa: B027
+        """Called once when the run is set up, before a checkpoint is restored or a round runs.
+
+        A strategy whose server state depends on the run (sized by the client module and the number of clients)
+        builds it here, so that training, resuming and evaluating a saved checkpoint all see the same server.
+        Must be idempotent. Default: nothing.
         """
 
     def initialize(self, global_state: StateDict) -> None:  # noqa: B027
-        """Called once with the initial global state, before round 0. Default: nothing."""
-
-    def personal_overlay(self, client_id: int) -> StateDict:
-        """Tensors the server contributes to ``client_id``'s personalized model, over its stored personal state.
-
-        The loop evaluates client ``c`` (and CCVR embeds its data) with ``global state + stored personal state +
-        personal_overlay(c)``. A hypernetwork strategy returns ``h(v_c; φ)`` for the current ``φ``, so every client,
-        trained or not, is evaluated with its generated weights. Under Flower the overlay travels with the evaluate
-        message, since the personal state lives on the node. Default: nothing (``{}``).
-        """
-        return {}
+        """Called once with the initial global state, before the first round. Default: nothing."""
 
     def configure_train(self, round: int, client_ids: Sequence[int], global_state: StateDict) -> list[ServerMessage]:
         """One message per sampled client. Default: every client receives the global state."""
@@ -78,11 +143,32 @@ class Strategy(ABC):
     def aggregate_train(self, round: int, updates: Sequence[ClientUpdate], global_state: StateDict) -> StateDict:
         """Returns the next global state from the round's (validated) updates."""
 
-    def server_train(
-        self, global_state: StateDict, updates: Sequence[ClientUpdate], context: ServerContext
+    def server_steps(self) -> list[ServerStep]:
+        """The steps run after :meth:`aggregate_train`: the strategy's own ones, then ``steps``."""
+        return list(self.steps)
+
+    def configure_evaluate(self, round: int, client_ids: Sequence[int], global_state: StateDict) -> list[ServerMessage]:
+        """One message per client describing the model it is evaluated with. Default: the global state."""
+        return [ServerMessage(round=round, client_id=cid, state=global_state) for cid in client_ids]
+
+    def staleness_update(
+        self, global_state: StateDict, update: ClientUpdate, start_state: StateDict, staleness_weight: float
     ) -> StateDict:
-        """Server-side training after aggregation (FedDF, FedGen, CCVR, hypernetworks). Default: identity."""
-        return global_state
+        """The next global state after one (possibly stale) update in asynchronous mode.
+
+        Args:
+            global_state: The current global state ``x``.
+            update: The arriving client's update (``x_k``).
+            start_state: ``x_start``, the global state the client started from.
+            staleness_weight: ``s(τ)``, e.g. ``1/(1+τ)``.
+
+        Raises:
+            TypeError: the strategy declares no asynchronous rule (:attr:`supports_asynchronous` is false).
+        """
+        raise TypeError(
+            f"asynchronous mode: {type(self).__name__} declares no rule for one stale update (its aggregation is "
+            "defined per round); use a strategy that declares supports_asynchronous"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Strategy state to checkpoint. Default: none."""
@@ -90,28 +176,3 @@ class Strategy(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027
         """Restores :meth:`state_dict`."""
-
-
-class FedAvg(Strategy):
-    """Federated averaging (McMahan et al. 2017, Alg. 1): ``w ← Σ_k p_k w_k``, ``p_k = n_k / Σ_S n_j``.
-
-    Args:
-        aggregator: The rule combining client states; a robust rule may replace the weighted mean.
-        weighted: Weight by sample count (``p_k``); if false, every client weighs the same.
-    """
-
-    def __init__(self, aggregator: Aggregator | None = None, weighted: bool = True) -> None:
-        self.aggregator = aggregator if aggregator is not None else WeightedMean()
-        self.weighted = weighted
-
-    def weights(self, updates: Sequence[ClientUpdate]) -> Any:
-        """Normalized aggregation weights of the updates."""
-        return sample_weights([u.num_samples if self.weighted else 1 for u in updates])
-
-    def aggregate_train(self, round: int, updates: Sequence[ClientUpdate], global_state: StateDict) -> StateDict:
-        """Sample-weighted aggregate of the clients' states; keys absent from updates keep their value."""
-        merged = self.aggregator([u.state for u in updates], self.weights(updates), reference=global_state)
-        return {**global_state, **merged}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(aggregator={self.aggregator!r}, weighted={self.weighted})"

@@ -43,10 +43,10 @@ def test_method_config_sets_client_and_server():
     cli = parse("--config", str(ROOT / "configs/method/fedprox.yaml"))
     (term,) = cli.model.regularizers
     assert isinstance(term, ProximalTerm) and term.mu == 0.01
-    assert isinstance(cli.trainer.federation["strategy"], FedAvg)
+    assert isinstance(cli.trainer.server, FedAvg)
     cli = parse("--config", str(ROOT / "configs/method/fedadam.yaml"), "--trainer.server.init_args.tau", "0.01")
-    assert isinstance(cli.trainer.federation["strategy"], FedAdam)
-    assert cli.trainer.federation["strategy"].tau == 0.01
+    assert isinstance(cli.trainer.server, FedAdam)
+    assert cli.trainer.server.tau == 0.01
 
 
 def test_trainer_settings_pass_through_to_client_trainers():
@@ -60,18 +60,18 @@ def test_trainer_settings_pass_through_to_client_trainers():
         "--trainer.rounds",
         "7",
     )
-    kwargs = cli.trainer.client_kwargs
+    kwargs = cli.trainer.settings.trainer_kwargs
     assert kwargs["precision"] == "bf16-mixed"
     assert kwargs["gradient_clip_val"] == 1.0
     assert kwargs["accumulate_grad_batches"] == 2
-    assert cli.trainer.federation["rounds"] == 7
-    loop_kwargs = cli.trainer.build_loop(cli.model, cli.datamodule).client_trainer_kwargs()
+    assert cli.trainer.settings.rounds == 7
+    loop_kwargs = cli.trainer.build_loop(cli.model, cli.datamodule).settings.client_trainer_kwargs()
     assert loop_kwargs["max_epochs"] == 1 and loop_kwargs["precision"] == "bf16-mixed"
 
 
 def test_seed_is_linked_to_data_and_trainer():
     cli = parse("--seed_everything", "5")
-    assert cli.trainer.federation["seed"] == 5 and cli.datamodule.seed == 5
+    assert cli.trainer.settings.seed == 5 and cli.datamodule.seed == 5
 
 
 def test_print_config_shows_federation_and_trainer_options(capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_fed.client.payloads import ClientUpdate, FeatureStatistics, ServerMessage
+from lit_fed.client.payloads import ClientUpdate, ServerMessage
 from lit_fed.client.serialization import (
     decode_tensors,
     encode_tensors,
@@ -13,6 +13,7 @@ from lit_fed.client.serialization import (
     message_nbytes,
     update_nbytes,
 )
+from lit_fed.metrics.features import FeatureStatistics
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -84,55 +85,22 @@ def test_unsupported_dtype_raises() -> None:
         encoded_size({"z": torch.zeros(2, dtype=torch.complex64)})
 
 
-def _stats(num_classes: int = 3, dim: int = 2) -> FeatureStatistics:
-    return FeatureStatistics(
-        means=torch.randn(num_classes, dim),
-        covariances=torch.randn(num_classes, dim, dim),
-        counts=torch.arange(num_classes, dtype=torch.int64),
-    )
-
-
-def test_update_nbytes_counts_state_extras_label_counts_and_statistics() -> None:
+def test_update_nbytes_counts_state_and_extras() -> None:
     state = {
         "fc.weight": torch.randn(4, 3),
         "fc.bias": torch.randn(4),
         "bn.num_batches_tracked": torch.tensor(2),
     }
-    extras = {"proto": torch.randn(2, 5, dtype=torch.float16)}
     label_counts = torch.tensor([3, 0, 7, 1, 9], dtype=torch.int64)
-    stats = _stats()
-    update = ClientUpdate(
-        client_id=0,
-        round=0,
-        state=state,
-        num_samples=10,
-        metrics={"train_loss": 1.0},
-        label_counts=label_counts,
-        feature_stats=stats,
-        extras=extras,
-    )
-    wire = {
-        **{f"state/{k}": v for k, v in state.items()},
-        **{f"extras/{k}": v for k, v in extras.items()},
-        "label_counts": label_counts,
-        "stats/means": stats.means,
-        "stats/covariances": stats.covariances,
-        "stats/counts": stats.counts,
-    }
+    extras = {"proto": torch.randn(2, 5, dtype=torch.float16), "label_counts": label_counts}
+    update = ClientUpdate(client_id=0, round=0, state=state, num_samples=10, metrics={"train_loss": 1.0}, extras=extras)
+    wire = {**{f"state/{k}": v for k, v in state.items()}, **{f"extras/{k}": v for k, v in extras.items()}}
     assert update_nbytes(update) == len(encode_tensors(wire))
 
-    # Each optional field adds exactly its own record (key "label_counts" is 12 bytes; 5 int64 counts).
+    # Each extra adds exactly its own record ("extras/label_counts" is 19 bytes of key; 5 int64 counts).
     bare = ClientUpdate(client_id=0, round=0, state=state, num_samples=10)
-    with_counts = ClientUpdate(client_id=0, round=0, state=state, num_samples=10, label_counts=label_counts)
-    assert update_nbytes(with_counts) - update_nbytes(bare) == 2 + 12 + 2 + 4 + 5 * 8
-    # Feature statistics: means (3, 2) f32, covariances (3, 2, 2) f32, counts (3,) i64.
-    with_stats = ClientUpdate(client_id=0, round=0, state=state, num_samples=10, feature_stats=stats)
-    expected_stats = (
-        (2 + len("stats/means") + 2 + 2 * 4 + 6 * 4)
-        + (2 + len("stats/covariances") + 2 + 3 * 4 + 12 * 4)
-        + (2 + len("stats/counts") + 2 + 1 * 4 + 3 * 8)
-    )
-    assert update_nbytes(with_stats) - update_nbytes(bare) == expected_stats
+    with_counts = ClientUpdate(0, 0, state, 10, extras={"label_counts": label_counts})
+    assert update_nbytes(with_counts) - update_nbytes(bare) == 2 + 19 + 2 + 4 + 5 * 8
     # Metrics are plain floats and are not counted.
     with_metrics = ClientUpdate(client_id=0, round=0, state=state, num_samples=10, metrics={"a": 1.0, "b": 2.0})
     assert update_nbytes(with_metrics) == update_nbytes(bare)

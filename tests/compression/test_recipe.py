@@ -25,8 +25,8 @@ def test_recipe_schemes_parse_to_the_intended_callbacks(scheme, expected, tmp_pa
     recipe = load_recipe()
     args = recipe.cli_args(scheme, 3, tmp_path / scheme, 0, [], None)[1:]  # without the "fit" subcommand
     cli = build_cli(args=args, run=False)
-    callbacks = cli.trainer.federation["callbacks"]
-    assert cli.trainer.federation["rounds"] == 3 and cli.datamodule.num_clients == 20
+    callbacks = cli.trainer.round_callbacks
+    assert cli.trainer.settings.rounds == 3 and cli.datamodule.num_clients == 20
     if expected is None:
         assert callbacks == []
         return

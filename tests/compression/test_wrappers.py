@@ -8,12 +8,14 @@ from lit_fed.client.module import FederatedClient
 from lit_fed.client.payloads import ClientUpdate, ServerMessage
 from lit_fed.client.serialization import encode_tensors, update_nbytes
 from lit_fed.compression import SVD, CompressDownload, CompressUpload, Quantize8Bit, TopK
+from lit_fed.loop.asynchronous import Asynchronous, Exponential
+from lit_fed.loop.callbacks import LoopCallback
 from lit_fed.loop.checkpoint import round_checkpoint_path
 from lit_fed.loop.federated_loop import FederatedLoop
 from lit_fed.loop.state_store import DiskStateStore
 from lit_fed.methods.feddg import FedDGClient, FedDGStrategy
 from lit_fed.models import MLP, TinyCNN
-from lit_fed.server.strategy import FedAvg
+from lit_fed.server import FedAvg
 
 CPU = {"accelerator": "cpu", "devices": 1}
 
@@ -171,17 +173,59 @@ def test_method_without_float_shared_state_is_refused_at_setup():
         CompressUpload(TopK(0.9)).on_round_start(loop, 0)
 
 
-def test_download_compression_refuses_the_asynchronous_loop():
-    loop = types.SimpleNamespace(
-        global_state={"w": torch.zeros(2, 2)}, client=object(), rounds=1, asynchronous=object()
-    )
-    with pytest.raises(ValueError, match="server_message"):
-        CompressDownload(TopK(0.9)).on_round_start(loop, 0)
+class RecordDelivered(LoopCallback):
+    """After download compression: what each dispatched client receives."""
+
+    def __init__(self):
+        self.delivered = []
+
+    def server_message(self, loop, message):
+        exact = {k: v.clone() for k, v in loop.global_state.items()}
+        self.delivered.append((message.round, message.client_id, dict(message.state), exact))
+        return message
 
 
-def test_label_counts_travel_dense_and_keys_without_reference_go_dense():
+def test_download_compression_works_in_asynchronous_mode_and_resumes_exactly(datamodule_factory, tmp_path):
+    """Every dispatch is compressed against the client's previous reconstruction; the update's staleness step
+    starts from what the client trained from; a resumed run reaches the same numbers."""
+
+    def make(name, callbacks):
+        return FederatedLoop(
+            mlp_client(),
+            datamodule_factory(),
+            FedAvg(),
+            rounds=3,
+            trainer_kwargs=CPU,
+            run_dir=tmp_path / name,
+            loggers=[],
+            progress=False,
+            asynchronous=Asynchronous(concurrency=2, latency=Exponential(1.0)),
+            callbacks=callbacks,
+            keep_checkpoints=3,
+        )
+
+    download, record = CompressDownload(TopK(0.9)), RecordDelivered()
+    loop = make("full", [download, record])
+    result = loop.run()
+    assert all(h["compression_ratio_down"] > 1.0 for h in result.history[1:])
+    # a client's first download is the exact state; later ones are lossy reconstructions of the current version
+    seen = set()
+    for _, cid, delivered, exact in record.delivered:
+        same = all(torch.equal(delivered[k], exact[k]) for k in exact)
+        assert same == (cid not in seen), cid
+        seen.add(cid)
+    resumed_loop = make("full", [CompressDownload(TopK(0.9))])
+    resumed = resumed_loop.run(resume_from=round_checkpoint_path(tmp_path / "full/checkpoints", 0))
+    for key, value in result.global_state.items():
+        assert torch.equal(resumed.global_state[key], value)
+    strip = [{k: v for k, v in h.items() if not k.endswith("seconds")} for h in result.history]
+    assert strip == [{k: v for k, v in h.items() if not k.endswith("seconds")} for h in resumed.history]
+
+
+def test_integer_extras_travel_dense_and_keys_without_reference_go_dense():
     callback = CompressUpload(TopK(0.5, exact=True))
-    loop = types.SimpleNamespace(seed=0, client=object(), round=0, rounds=1, global_state={"w": torch.zeros(8, 8)})
+    worker = types.SimpleNamespace(seed=0, module=object(), round=0, rounds=1)
+    loop = types.SimpleNamespace(client=object(), rounds=1, global_state={"w": torch.zeros(8, 8)})
     callback.on_round_start(loop, 0)
     message = ServerMessage(round=0, client_id=0, state={"w": torch.zeros(8, 8)})
     update = ClientUpdate(
@@ -189,9 +233,9 @@ def test_label_counts_travel_dense_and_keys_without_reference_go_dense():
         round=0,
         state={"w": torch.randn(8, 8), "new": torch.randn(3, 3)},
         num_samples=5,
-        label_counts=torch.tensor([1, 4]),
+        extras={"label_counts": torch.tensor([1, 4])},
     )
-    out = callback.client_update(loop, update, message)
-    assert torch.equal(callback.last_wire["label_counts"], update.label_counts)
+    out = callback.client_update(worker, update, message)
+    assert torch.equal(callback.last_wire["extras/label_counts"], update.extras["label_counts"])
     assert torch.equal(out.state["new"], update.state["new"]) and "state/new" in callback.last_wire
     assert int((out.state["w"] != 0).sum()) == 32

@@ -6,25 +6,26 @@ pytest.importorskip("flwr")
 
 import torch  # noqa: E402
 
-from lit_fed.client.payloads import ClientUpdate, FeatureStatistics, ServerMessage  # noqa: E402
+from lit_fed.client.payloads import ClientUpdate, ServerMessage  # noqa: E402
 from lit_fed.flower.in_process import over_the_wire  # noqa: E402
 from lit_fed.flower.records import (  # noqa: E402
     RAW_STYPE,
-    ModelInstruction,
     NodeBookkeeping,
     evaluation_to_recorddict,
     message_to_recorddict,
-    model_instruction_to_recorddict,
+    payload_to_recorddict,
     read_bookkeeping,
+    read_payload_bookkeeping,
     recorddict_to_evaluation,
     recorddict_to_message,
-    recorddict_to_model_instruction,
+    recorddict_to_payload,
     recorddict_to_update,
     tensor_to_array,
     update_to_recorddict,
 )
-from lit_fed.loop.runner import ClientEvaluation  # noqa: E402
-from lit_fed.metrics.evaluation import new_accuracy, new_class_stats  # noqa: E402
+from lit_fed.methods.ccvr import FeatureStatisticsTask  # noqa: E402
+from lit_fed.metrics.evaluation import ClientEvaluation, new_accuracy, new_class_stats  # noqa: E402
+from lit_fed.metrics.features import FeatureStatistics  # noqa: E402
 
 
 def tensors():
@@ -89,20 +90,13 @@ def test_node_bookkeeping_travels_with_the_train_instruction():
 @pytest.mark.parametrize("wire", [False, True], ids=["in-memory", "protobuf"])
 def test_client_update_round_trips_with_every_extra(wire):
     g = torch.Generator().manual_seed(1)
-    stats = FeatureStatistics(
-        means=torch.randn(3, 5, generator=g),
-        covariances=torch.randn(3, 5, 5, generator=g, dtype=torch.float64),
-        counts=torch.tensor([4, 0, 9]),
-    )
     update = ClientUpdate(
         client_id=3,
         round=2,
         state=tensors(),
         num_samples=57,
         metrics={"train_loss": 0.4321, "fidelity_top1": 0.75, "steps": 12},
-        label_counts=torch.tensor([5, 0, 52]),
-        feature_stats=stats,
-        extras={"residual.fc": torch.randn(4, generator=g).bfloat16()},
+        extras={"residual.fc": torch.randn(4, generator=g).bfloat16(), "label_counts": torch.tensor([5, 0, 52])},
         wire_nbytes=999,
     )
     content = update_to_recorddict(update)
@@ -111,15 +105,12 @@ def test_client_update_round_trips_with_every_extra(wire):
     assert back.metrics == update.metrics and type(back.metrics["steps"]) is int
     assert_same_tensors(back.state, update.state)
     assert_same_tensors(back.extras, update.extras)
-    assert_same_tensors({"c": back.label_counts}, {"c": update.label_counts})
-    for key in ("means", "covariances", "counts"):
-        assert_same_tensors({key: getattr(back.feature_stats, key)}, {key: getattr(stats, key)})
 
 
 def test_update_without_extras_keeps_them_absent():
     update = ClientUpdate(client_id=0, round=0, state={"w": torch.ones(1)}, num_samples=3)
     back = recorddict_to_update(over_the_wire(update_to_recorddict(update)))
-    assert back.label_counts is None and back.feature_stats is None and back.extras == {} and back.metrics == {}
+    assert back.extras == {} and back.metrics == {}
     assert back.wire_nbytes is None
 
 
@@ -155,18 +146,32 @@ def test_evaluation_round_trips_as_mergeable_metric_states():
         assert torch.equal(back.class_stats.compute(), stats.compute())
 
 
-def test_model_instruction_round_trips_with_its_personal_overlay():
-    state, overlay = tensors(), {"w": torch.randn(2, 3), "marker": torch.tensor(4)}
-    back = recorddict_to_model_instruction(
-        over_the_wire(model_instruction_to_recorddict(ModelInstruction(3, 1, state, overlay, 9)))
+def test_evaluate_instruction_carries_the_model_and_the_state_version_it_reads():
+    state, extras = tensors(), {"w": torch.randn(2, 3)}
+    content = message_to_recorddict(ServerMessage(3, 1, state, extras), NodeBookkeeping(state_version=9, round=3))
+    wired = over_the_wire(content)
+    back = recorddict_to_message(wired)
+    assert (back.round, back.client_id, read_bookkeeping(wired).state_version) == (3, 1, 9)
+    assert_same_tensors(back.state, state)
+    assert_same_tensors(back.extras, extras)
+
+
+def test_method_tasks_and_their_answers_travel_as_typed_payloads():
+    g = torch.Generator().manual_seed(1)
+    model = ServerMessage(4, 2, tensors(), {"x": torch.ones(1)})
+    task = FeatureStatisticsTask(client_id=2, round=4, model=model)
+    wired = over_the_wire(payload_to_recorddict(task, NodeBookkeeping(state_version=5, round=4)))
+    back = recorddict_to_payload(wired)
+    assert isinstance(back, FeatureStatisticsTask) and (back.client_id, back.round) == (2, 4)
+    assert read_payload_bookkeeping(wired) == NodeBookkeeping(state_version=5, round=4)
+    assert_same_tensors(back.model.state, model.state)
+    stats = FeatureStatistics(
+        torch.randn(3, 5, generator=g), torch.randn(3, 5, 5, generator=g), torch.tensor([4, 0, 9])
     )
-    assert (back.round, back.client_id, back.state_before) == (3, 1, 9)
-    assert_same_tensors(back.global_state, state)
-    assert_same_tensors(back.overlay, overlay)
-    plain = recorddict_to_model_instruction(
-        over_the_wire(model_instruction_to_recorddict(ModelInstruction(0, 2, state, {}, 1)))
-    )
-    assert plain.overlay == {}
+    answer = recorddict_to_payload(over_the_wire(payload_to_recorddict(stats)))
+    for key in ("means", "covariances", "counts"):
+        assert_same_tensors({key: getattr(answer, key)}, {key: getattr(stats, key)})
+    assert recorddict_to_payload(over_the_wire(payload_to_recorddict(None))) is None
 
 
 def test_foreign_content_is_rejected_with_a_clear_error():

@@ -78,14 +78,15 @@ def test_a_fresh_run_forgets_what_an_earlier_run_left_on_the_nodes(client_factor
     result = loop.run()
     assert loop.runner.messages[:2] == ["query.begin", "query.begin"]
     assert result.history[0]["personal_acc"] == expected.history[0]["personal_acc"]
-    trained = set(loop.sampler.sample(0).reporting)
+    trained = set(loop.stage.sampler.sample(0).reporting)
     (untrained,) = {0, 1} - trained
     assert nodes.load(untrained, before_round=5) is None  # forgotten, not used
     assert nodes.load(trained.pop(), before_round=5)["backbone.fc.weight"].abs().sum() > 0
 
 
 def test_an_unpicklable_client_side_is_refused_with_advice(client_factory, datamodule_factory, tmp_path):
-    loop = FederatedLoop(client_factory(), datamodule_factory(num_clients=2), rounds=1, run_dir=tmp_path, loggers=[])
+    client = client_factory(optimizer=lambda params: torch.optim.SGD(params, lr=0.1))  # a lambda does not pickle
+    loop = FederatedLoop(client, datamodule_factory(num_clients=2), rounds=1, run_dir=tmp_path, loggers=[])
     with pytest.raises(TypeError, match="must pickle, as Flower's simulation ships it to Ray actors"):
         InProcessRunner(loop, tmp_path / "nodes")
 

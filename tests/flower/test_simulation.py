@@ -149,7 +149,8 @@ def test_hypernetwork_and_upload_residuals_match_the_sequential_loop_across_ray_
         saved = torch.load(tmp_path / f"flower/node_states/client_{cid}/r2.pt", weights_only=True)
         assert {"backbone.bn.weight", "backbone.bn.running_mean"} <= set(saved)
         assert not {"backbone.conv.weight", "backbone.fc.weight"} & set(saved)  # generated / shared
-        residual = {k.split(".", 3)[3]: v for k, v in saved.items() if k.startswith("lit_fed.callback.0.")}
+        prefix = f"lit_fed.callback.{sequential_upload.state_key}."
+        residual = {k.removeprefix(prefix): v for k, v in saved.items() if k.startswith(prefix)}
         expected = sequential_upload.store.get(cid)
         assert residual and set(residual) == set(expected)
         for key, value in expected.items():

@@ -1,13 +1,12 @@
 """The asynchronous loop: staleness-discounted updates, sequential reduction, metrics, exact resume, the CLI."""
 
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import ROOT, store_of
 
 from lit_fed.cli import build_cli
 from lit_fed.client.split import Head
-from lit_fed.loop.async_loop import AsyncFederatedLoop, Asynchronous, ClientSpeeds, Constant, Exponential, LogNormal
+from lit_fed.loop.asynchronous import Asynchronous, AsynchronousRounds, ClientSpeeds, Constant, Exponential, LogNormal
 from lit_fed.loop.callbacks import LoopCallback
 from lit_fed.loop.checkpoint import load_checkpoint
 from lit_fed.loop.federated_loop import FederatedLoop
@@ -16,7 +15,6 @@ from lit_fed.server import FedAdam, FedAvg
 from lit_fed.server.sampling import RoundParticipants
 from lit_fed.utils.seeding import numpy_rng
 
-ROOT = Path(__file__).resolve().parents[2]
 COMMON = dict(trainer_kwargs={"accelerator": "cpu"}, loggers=[], progress=False)
 
 
@@ -25,8 +23,8 @@ class RecordingPartialPFL(PartialPFL):
         super().__init__(**kwargs)
         self.applied = []
 
-    def apply_async_update(self, global_state, update, start_state, staleness_weight):
-        out = super().apply_async_update(global_state, update, start_state, staleness_weight)
+    def staleness_update(self, global_state, update, start_state, staleness_weight):
+        out = super().staleness_update(global_state, update, start_state, staleness_weight)
         self.applied.append((dict(global_state), update, dict(start_state), staleness_weight, dict(out)))
         return out
 
@@ -36,7 +34,7 @@ def test_stale_updates_are_discounted_by_one_over_one_plus_staleness(client_fact
     5, dispatched earlier) with staleness 0, 0, 2, 1, 0, 2 (updates applied since each start)."""
     gamma = 0.5
     strategy = RecordingPartialPFL(server_lr=gamma)
-    loop = AsyncFederatedLoop(
+    loop = FederatedLoop(
         client_factory(personal=[Head()]),
         datamodule_factory(num_clients=2),
         strategy,
@@ -80,14 +78,14 @@ class ForcedSequence(FederatedLoop):
     def setup(self):
         super().setup()
         order = self.order
-        self.sampler = type("Sampler", (), {"sample": lambda self, r: RoundParticipants([order[r]], [])})()
+        self.stage.sampler = type("Sampler", (), {"sample": lambda self, r: RoundParticipants([order[r]], [])})()
 
 
 def test_concurrency_one_without_latency_variation_is_sequential_application(
     client_factory, datamodule_factory, tmp_path
 ):
     rounds = 5
-    async_loop = AsyncFederatedLoop(
+    async_loop = FederatedLoop(
         client_factory(personal=[Head()]),
         datamodule_factory(),
         PartialPFL(server_lr=1.0),
@@ -116,8 +114,8 @@ def test_concurrency_one_without_latency_variation_is_sequential_application(
     for key, value in sequential.global_state.items():
         torch.testing.assert_close(result.global_state[key], value, rtol=0, atol=1e-6)
     for cid in set(order):
-        for key, value in sync_loop.state_store.get(cid).items():
-            torch.testing.assert_close(async_loop.state_store.get(cid)[key], value, rtol=0, atol=1e-6)
+        for key, value in store_of(sync_loop).get(cid).items():
+            torch.testing.assert_close(store_of(async_loop).get(cid)[key], value, rtol=0, atol=1e-6)
     assert [h["personal_acc"] for h in result.history] == pytest.approx(
         [h["personal_acc"] for h in sequential.history], abs=1e-6
     )
@@ -134,7 +132,7 @@ class Interrupt(LoopCallback):
 
 def test_resume_reaches_the_same_numbers(client_factory, datamodule_factory, tmp_path):
     def make(name, seed=0, callbacks=()):
-        return AsyncFederatedLoop(
+        return FederatedLoop(
             client_factory(seed=seed, personal=[Head()], schedule=ffgg_schedule(3, 1)),
             datamodule_factory(),
             PartialPFL(),
@@ -151,7 +149,7 @@ def test_resume_reaches_the_same_numbers(client_factory, datamodule_factory, tmp
         make("cut", callbacks=[Interrupt(2)]).run()
     ckpt = tmp_path / "cut" / "checkpoints" / "last.ckpt"
     payload = load_checkpoint(ckpt)
-    assert payload["round"] == 1 and len(payload["async"]["in_flight"]) == 2
+    assert payload["round"] == 1 and len(payload["stage"]["in_flight"]) == 2
     torch.load(ckpt, weights_only=True)  # LightningCLI's --ckpt_path reads it this way
     resumed = make("cut", seed=99).run(resume_from=ckpt)
     for key in full.global_state:
@@ -179,8 +177,11 @@ def test_async_trainer_config_runs_through_the_cli(tmp_path):
             "false",
         ]
     )
-    assert isinstance(cli.trainer.asynchronous.latency, Exponential) and cli.trainer.asynchronous.concurrency == 4
-    assert isinstance(cli.trainer.build_loop(cli.model, cli.datamodule), AsyncFederatedLoop)
+    assert (
+        isinstance(cli.trainer.settings.asynchronous.latency, Exponential)
+        and cli.trainer.settings.asynchronous.concurrency == 4
+    )
+    assert isinstance(cli.trainer.build_loop(cli.model, cli.datamodule).stage, AsynchronousRounds)
     result = cli.trainer.federated_result
     assert [h["applied"] for h in result.history] == [4]
     assert all("staleness_mean" in h and "staleness_max" in h for h in result.history)
@@ -190,16 +191,15 @@ def test_async_trainer_config_runs_through_the_cli(tmp_path):
 
 def test_bad_asynchronous_settings_raise(client_factory, datamodule_factory, tmp_path):
     def make(strategy=None, **kwargs):
-        return AsyncFederatedLoop(
-            client_factory(), datamodule_factory(), strategy, run_dir=tmp_path, **COMMON, **kwargs
-        )
+        return FederatedLoop(client_factory(), datamodule_factory(), strategy, run_dir=tmp_path, **COMMON, **kwargs)
 
-    with pytest.raises(TypeError, match="FedAdam defines no apply_async_update"):
-        make(FedAdam())
+    with pytest.raises(TypeError, match="FedAdam declares no rule for one stale update"):
+        make(FedAdam(), asynchronous=Asynchronous()).run()
     with pytest.raises(ValueError, match="client_fraction"):
-        make(client_fraction=0.5)
+        make(client_fraction=0.5, asynchronous=Asynchronous()).run()
     with pytest.raises(ValueError, match="concurrency 5 exceeds the 4 clients"):
         make(asynchronous=Asynchronous(concurrency=5)).run()
+    assert FedAvg.supports_asynchronous and PartialPFL.supports_asynchronous and not FedAdam.supports_asynchronous
     with pytest.raises(ValueError, match="concurrency"):
         Asynchronous(concurrency=0)
     with pytest.raises(ValueError, match="mean"):
@@ -214,7 +214,7 @@ class NaNClient1(LoopCallback):
     def __init__(self):
         self.trained = []
 
-    def client_update(self, loop, update, message):
+    def client_update(self, worker, update, message):
         self.trained.append((update.client_id, message.round))
         if update.client_id == 1:
             key = next(iter(update.state))
@@ -224,7 +224,7 @@ class NaNClient1(LoopCallback):
 
 def test_rejected_updates_do_not_advance_the_version(client_factory, datamodule_factory, tmp_path):
     spy = NaNClient1()
-    loop = AsyncFederatedLoop(
+    loop = FederatedLoop(
         client_factory(),
         datamodule_factory(num_clients=3),
         FedAvg(),
@@ -238,6 +238,6 @@ def test_rejected_updates_do_not_advance_the_version(client_factory, datamodule_
     result = loop.run()
     rejected = sum(h["rejected"] for h in result.history)
     assert rejected == sum(c == 1 for c, _ in spy.trained) > 0
-    assert loop.version == 6 - rejected == sum(h["applied"] for h in result.history)
+    assert loop.stage.version == 6 - rejected == sum(h["applied"] for h in result.history)
     assert len(set(spy.trained)) == len(spy.trained)  # (client, start version) never repeats
     assert all(torch.isfinite(v).all() for v in result.global_state.values() if v.is_floating_point())

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
+from helpers import client_model
 
 from lit_fed.cli import build_cli
 from lit_fed.client.payloads import ClientUpdate, ServerMessage
@@ -21,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def fake_loop(num_clients=10, seed=7, num_classes=4):
-    return SimpleNamespace(seed=seed, datamodule=SimpleNamespace(num_clients=num_clients, num_classes=num_classes))
+    """What the attack reads of a loop or a client worker: the seed, the number of clients, the data's classes."""
+    return SimpleNamespace(seed=seed, num_clients=num_clients, data=SimpleNamespace(num_classes=num_classes))
 
 
 def test_attacker_set_is_a_deterministic_function_of_seed_size_and_fraction():
@@ -109,9 +111,8 @@ def test_label_flip_makes_the_attacker_train_on_c_minus_1_minus_y(client_factory
         original = torch.cat([y for _, y in dm.client_train_dataloader(cid, 0)])
         trained_on = torch.cat(seen[cid])
         assert torch.equal(trained_on, 3 - original if cid == attacker else original)
-    assert len(attack.client_dataloader(loop, attacker, 0, dm.client_train_dataloader(attacker, 0))) == len(
-        dm.client_train_dataloader(attacker, 0)
-    )
+    poisoned = attack.client_dataloader(loop.runner.worker, attacker, 0, dm.client_train_dataloader(attacker, 0))
+    assert len(poisoned) == len(dm.client_train_dataloader(attacker, 0))
 
 
 def test_honest_personal_accuracy_is_pooled_over_honest_clients(client_factory, datamodule_factory, tmp_path):
@@ -136,15 +137,13 @@ def test_honest_personal_accuracy_is_pooled_over_honest_clients(client_factory, 
     honest = [c for c in range(5) if c not in attackers]
     correct = total = 0
     for cid in honest:
-        loop.load_client(cid)
-        loop.client.eval()
-        with torch.no_grad():
+        with client_model(loop, cid) as model, torch.no_grad():
             for x, y in dm.client_test_dataloader(cid):
-                correct += int((loop.client(x).argmax(1) == y).sum())
+                correct += int((model(x).argmax(1) == y).sum())
                 total += len(y)
     assert last["personal_acc_honest"] == pytest.approx(correct / total, abs=1e-9)
     assert last["personal_acc_honest_mean"] == pytest.approx(
-        sum(loop.last_personalized.per_client[c] for c in honest) / 3, abs=1e-9
+        sum(loop.evaluation.last_personalized.per_client[c] for c in honest) / 3, abs=1e-9
     )
     assert last["byzantine_clients"] == attackers and last["byzantine_attackers"] == 2
     assert all("personal_acc_honest" in h for h in result.history)
@@ -204,6 +203,6 @@ def test_byzantine_config_runs_through_the_cli(tmp_path):
     )
     (last,) = cli.trainer.federated_result.history
     assert len(last["byzantine_clients"]) == 1 and "personal_acc_honest" in last
-    assert isinstance(cli.trainer.federation["strategy"].aggregator, CenteredClipping)
+    assert isinstance(cli.trainer.server.aggregator, CenteredClipping)
     assert "personal_acc_honest" in (tmp_path / "logs" / "metrics.csv").read_text().splitlines()[0]
     torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)  # as LightningCLI's --ckpt_path reads it

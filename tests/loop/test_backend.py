@@ -6,7 +6,7 @@ from lit_fed.client.split import Head
 from lit_fed.loop.backend import Backend, Sequential, resolve_backend
 from lit_fed.loop.federated_loop import FederatedLoop
 from lit_fed.loop.runner import SequentialRunner
-from lit_fed.server.strategy import FedAvg
+from lit_fed.server import FedAvg
 from lit_fed.trainer import FederatedTrainer
 
 CPU = {"accelerator": "cpu", "devices": 1}
@@ -15,7 +15,8 @@ CPU = {"accelerator": "cpu", "devices": 1}
 class RecordingRunner(SequentialRunner):
     """The sequential runner, remembering which clients it trained and evaluated."""
 
-    def __init__(self):
+    def __init__(self, worker):
+        super().__init__(worker)
         self.trained, self.evaluated = [], []
 
     @override
@@ -24,24 +25,24 @@ class RecordingRunner(SequentialRunner):
         return super().train(loop, messages)
 
     @override
-    def evaluate(self, loop, client_ids):
-        self.evaluated.append(list(client_ids))
-        return super().evaluate(loop, client_ids)
+    def evaluate(self, loop, messages):
+        self.evaluated.append([m.client_id for m in messages])
+        return super().evaluate(loop, messages)
 
 
-def run(client, dm, tmp_path, name, runner=None):
+def run(client, dm, tmp_path, name, recording=False):
     loop = FederatedLoop(
         client, dm, FedAvg(), rounds=2, trainer_kwargs=CPU, run_dir=tmp_path / name, loggers=[], progress=False
     )
-    if runner is not None:
-        loop.runner = runner
-    return loop.run()
+    if recording:
+        loop.runner = RecordingRunner(loop.runner.worker)
+    return loop, loop.run()
 
 
 def test_the_loop_hands_client_work_to_its_runner(client_factory, datamodule_factory, tmp_path):
-    runner = RecordingRunner()
-    result = run(client_factory(personal=[Head()]), datamodule_factory(), tmp_path, "a", runner)
-    reference = run(client_factory(personal=[Head()]), datamodule_factory(), tmp_path, "b")
+    loop, result = run(client_factory(personal=[Head()]), datamodule_factory(), tmp_path, "a", recording=True)
+    runner = loop.runner
+    _, reference = run(client_factory(personal=[Head()]), datamodule_factory(), tmp_path, "b")
     assert runner.trained == [[0, 1, 2, 3], [0, 1, 2, 3]]
     assert runner.evaluated == [[0, 1, 2, 3], [0, 1, 2, 3]]
     for key, value in reference.global_state.items():

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from helpers import client_model, store_of
 
 from lit_fed.client.module import FederatedClient
 from lit_fed.client.split import Head
@@ -9,8 +10,8 @@ from lit_fed.loop.callbacks import LoopCallback
 from lit_fed.loop.checkpoint import load_checkpoint
 from lit_fed.loop.federated_loop import FederatedLoop
 from lit_fed.loop.state_store import DiskStateStore
+from lit_fed.server import FedAvg
 from lit_fed.server.fedopt import FedAdam
-from lit_fed.server.strategy import FedAvg
 
 CPU = {"accelerator": "cpu", "devices": 1}
 
@@ -76,12 +77,10 @@ def test_personalized_accuracy_is_pooled_exactly(client_factory, datamodule, tmp
     correct = total = 0
     accs = []
     for cid in range(datamodule.num_clients):
-        loop.load_client(cid)
-        loop.client.eval()
         c = n = 0
-        with torch.no_grad():
+        with client_model(loop, cid) as model, torch.no_grad():
             for x, y in datamodule.client_test_dataloader(cid):
-                c += int((loop.client(x).argmax(1) == y).sum())
+                c += int((model(x).argmax(1) == y).sum())
                 n += len(y)
         correct, total = correct + c, total + n
         accs.append(c / n)
@@ -91,11 +90,11 @@ def test_personalized_accuracy_is_pooled_exactly(client_factory, datamodule, tmp
 
 def test_personal_head_persists_per_client(client_factory, datamodule, tmp_path):
     loop, _ = run_loop(client_factory(personal=[Head()]), datamodule, tmp_path, "d", rounds=2)
-    heads = [loop.state_store.get(c)["backbone.fc.weight"] for c in range(4)]
+    heads = [store_of(loop).get(c)["backbone.fc.weight"] for c in range(4)]
     assert all(h is not None for h in heads)
     assert not torch.equal(heads[0], heads[1])
     assert "backbone.fc.weight" not in loop.global_state
-    assert set(loop.state_store.get(0)) == {"backbone.fc.weight", "backbone.fc.bias"}
+    assert set(store_of(loop).get(0)) == {"backbone.fc.weight", "backbone.fc.bias"}
 
 
 class Interrupt(LoopCallback):
@@ -171,7 +170,7 @@ def test_resume_refuses_a_checkpoint_of_another_run(client_factory, datamodule_f
 def test_dropped_clients_are_skipped_and_counted(client_factory, datamodule, tmp_path):
     loop, result = run_loop(client_factory(), datamodule, tmp_path, "e", rounds=3, client_dropout=0.5, seed=1)
     dropped = [h["dropped"] for h in result.history]
-    expected = [len(loop.sampler.sample(r).dropped) for r in range(3)]
+    expected = [len(loop.stage.sampler.sample(r).dropped) for r in range(3)]
     assert dropped == expected and sum(expected) > 0
 
 

@@ -4,13 +4,14 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import store_of
 from torch import nn
 
 from lit_fed.client.regularizers import ProximalTerm
 from lit_fed.client.serialization import encoded_size
 from lit_fed.client.split import Modules
 from lit_fed.loop.federated_loop import FederatedLoop
-from lit_fed.server.strategy import FedAvg
+from lit_fed.server import FedAvg
 
 CPU = {"accelerator": "cpu", "devices": 1}
 
@@ -94,7 +95,7 @@ def test_a_user_lightning_module_federates_with_fedprox_and_a_personal_head(data
     result = loop.run()
     assert set(result.global_state) == {"net.1.weight", "net.1.bias"}
     assert result.history[-1]["personal_acc"] > 0.5
-    heads = [loop.state_store.get(c)["net.3.weight"] for c in range(4)]
+    heads = [store_of(loop).get(c)["net.3.weight"] for c in range(4)]
     assert not torch.equal(heads[0], heads[1])
 
 

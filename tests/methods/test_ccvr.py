@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from lit_fed.cli import build_cli
-from lit_fed.client.payloads import ClientUpdate
-from lit_fed.client.serialization import update_nbytes
+from lit_fed.client.codec import packed_nbytes
 from lit_fed.client.split import Head
 from lit_fed.loop.callbacks import LoopCallback
 from lit_fed.loop.federated_loop import FederatedLoop
@@ -22,6 +21,7 @@ from lit_fed.methods import (
     pool_feature_statistics,
     sample_virtual_features,
 )
+from lit_fed.server import ServerStep
 from lit_fed.trainer import FederatedTrainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,21 +85,38 @@ def test_calibration_trains_only_the_classifier(client_factory):
     assert all(p.grad is None for p in client.parameters())
 
 
-class Snapshot(LoopCallback):
-    """Records the global state at round end, before the callbacks after it (CCVR) run."""
+class Snapshot(ServerStep):
+    """Records the global state the steps after it (CCVR) receive."""
 
     def __init__(self) -> None:
         self.states: dict[int, dict[str, torch.Tensor]] = {}
 
-    def on_round_end(self, loop: Any, round: int, metrics: dict[str, Any]) -> None:
-        self.states[round] = {k: v.clone() for k, v in loop.global_state.items()}
+    def run(self, global_state, updates, context):
+        self.states[context.round] = {k: v.clone() for k, v in global_state.items()}
+        return global_state
+
+
+class CountEvaluations(LoopCallback):
+    """Counts the personalized evaluations the loop's runner performs per round."""
+
+    def __init__(self) -> None:
+        self.count: dict[int, int] = {}
+
+    def on_run_start(self, loop: Any, start_round: int) -> None:
+        evaluate = loop.runner.evaluate
+
+        def counted(loop_, messages):
+            self.count[loop_.round] = self.count.get(loop_.round, 0) + 1
+            return evaluate(loop_, messages)
+
+        loop.runner.evaluate = counted
 
 
 def test_post_hoc_calibration_in_a_loop_changes_only_the_classifier_and_reports_before_after(
     client_factory, datamodule_factory, tmp_path
 ):
     dm = datamodule_factory(num_clients=3)
-    snapshot, ccvr = Snapshot(), CCVR(samples_per_class=100, epochs=3)
+    snapshot, ccvr, evaluations = Snapshot(), CCVR(samples_per_class=100, epochs=3), CountEvaluations()
     loop = FederatedLoop(
         client_factory(),
         dm,
@@ -107,23 +124,28 @@ def test_post_hoc_calibration_in_a_loop_changes_only_the_classifier_and_reports_
         run_dir=tmp_path,
         loggers=[],
         progress=False,
-        callbacks=[snapshot, ccvr],
+        callbacks=[evaluations],
+        server_steps=[snapshot, ccvr],
         trainer_kwargs={"accelerator": "cpu"},
     )
     result = loop.run()
     first, last = result.history
     assert not any(k.startswith("ccvr_") for k in first)  # every=0: after the last round only
-    assert last["ccvr_before_global_acc"] == last["global_acc"]
-    assert {"ccvr_after_global_acc", "ccvr_after_personal_acc", "ccvr_virtual_samples"} <= set(last)
+    # the round's own evaluation is of the calibrated model, and it is not computed a second time
+    assert (
+        last["global_acc"] == last["ccvr_after_global_acc"] and last["personal_acc"] == last["ccvr_after_personal_acc"]
+    )
+    assert evaluations.count == {0: 1, 1: 2}  # before and after calibration
+    assert {"ccvr_before_global_acc", "ccvr_before_personal_acc", "ccvr_virtual_samples"} <= set(last)
     before, after = snapshot.states[1], result.global_state
     classifier = {"backbone.fc.weight", "backbone.fc.bias"}
     assert {k for k in before if not torch.equal(before[k], after[k])} == classifier
-    # the statistics are every client's, over its local training split, and their bytes are counted
+    # the statistics are every client's, over its local training split, and their bytes are counted as uploaded
     counts = sum(s.counts for s in ccvr.last_statistics)
     assert torch.equal(counts, sum(dm.client_label_counts(c) for c in range(3)))
-    sizes = [update_nbytes(ClientUpdate(c, 1, {}, 1, feature_stats=s)) for c, s in enumerate(ccvr.last_statistics)]
-    assert last["ccvr_mb_up"] == pytest.approx(sum(sizes) / 1e6)
-    assert loop.comm.total_up == pytest.approx(1e6 * (last["mb_up_total"] + last["ccvr_mb_up"]))
+    assert last["ccvr_mb_up"] == pytest.approx(sum(packed_nbytes(s) for s in ccvr.last_statistics) / 1e6)
+    assert last["mb_up"] == pytest.approx(first["mb_up"] + last["ccvr_mb_up"])
+    assert loop.comm.total_up == pytest.approx(1e6 * last["mb_up_total"])
     # the calibrated classifier is what the loop evaluates now
     assert loop.evaluate()["global_acc"] == pytest.approx(last["ccvr_after_global_acc"])
 
@@ -136,7 +158,7 @@ def test_a_personal_classifier_is_refused(client_factory, datamodule_factory, tm
         run_dir=tmp_path,
         loggers=[],
         progress=False,
-        callbacks=[CCVR(samples_per_class=10, epochs=1)],
+        server_steps=[CCVR(samples_per_class=10, epochs=1)],
         trainer_kwargs={"accelerator": "cpu"},
     )
     with pytest.raises(ValueError, match="personal"):
@@ -150,11 +172,11 @@ def test_config_stacks_on_fedavg_runs_two_rounds_and_resumes_to_identical_number
     run_dir = tmp_path / "run"
     args = ["fit", "--config", str(ROOT / "configs/data/synthetic.yaml"), "--config"]
     args += [str(ROOT / "configs/model/tinycnn.yaml"), "--config", str(ROOT / "configs/method/fedavg.yaml")]
-    args += ["--config", str(ROOT / "configs/method/ccvr.yaml"), "--config", str(config)]
+    args += ["--config", str(config)]
     args += ["--trainer.rounds", "2", "--trainer.run_dir", str(run_dir), "--trainer.progress", "false"]
     cli = build_cli(args=args)
-    (callback,) = cli.trainer.federation["callbacks"]
-    assert isinstance(callback, CCVR) and callback.every == 1
+    (step,) = cli.trainer.server_steps
+    assert isinstance(step, CCVR) and step.every == 1
     full = cli.trainer.federated_result
     assert all("ccvr_after_global_acc" in h for h in full.history)  # every round
     fresh = cli.parser.instantiate_classes(cli.config)["fit"]

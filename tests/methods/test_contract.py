@@ -14,15 +14,19 @@ objects for 2 rounds with 2 clients on tiny data. For every method:
 4. a run resumed from its round-0 checkpoint ends in the same global, strategy, client-store and callback state and
    the same metrics as the uninterrupted run, bit for bit;
 5. under Flower's message handling (every message through Flower records and protobuf bytes, answered by the
-   ClientApp's handlers on a pickled copy of the client side, personal and callback client-side state kept on the
-   node; :class:`~lit_fed.flower.InProcessRunner`; asynchronous clients train at dispatch, as on Flower) the run is
-   the same, bit for bit, and so is a run resumed from its round-0 checkpoint with the node's state directory.
+   ClientApp's handlers with a :class:`~lit_fed.client.worker.ClientWorker` built from a pickled copy of the client
+   side, personal and callback client-side state kept on the node; :class:`~lit_fed.flower.InProcessRunner`;
+   asynchronous clients train at dispatch, as on Flower) the run is the same, bit for bit, and so is a run resumed
+   from its round-0 checkpoint with the node's state directory;
+6. the sequential run reproduces the reference digests of ``state_hashes.json`` (final global state, every client's
+   personal state, metric history) bit for bit, where the numerical environment is the reference's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,15 +35,15 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import ROOT, client_model, global_model, store_of
 from lightning.pytorch.callbacks import Callback
 
 from lit_fed.cli import build_cli
 from lit_fed.client.payloads import ServerMessage, StateDict
 from lit_fed.compression import CompressDownload
 from lit_fed.loop import FederatedLoop, LoopCallback
-from lit_fed.loop.async_loop import AsyncFederatedLoop
+from lit_fed.loop.asynchronous import AsynchronousRounds
 
-ROOT = Path(__file__).resolve().parents[2]
 METHOD_CONFIGS = sorted((ROOT / "configs/method").glob("*.yaml"))
 ROUNDS = 2
 
@@ -93,15 +97,15 @@ SPECIAL: dict[str, tuple[str | None, list[str]]] = {
             "--data.init_args.dataset.init_args.source=lit_fed.data.Synthetic",
             "--data.init_args.dataset.init_args.source.init_args.num_train=128",
             "--data.init_args.dataset.init_args.source.init_args.num_test=32",
-            "--trainer.server.init_args.max_steps=4",
-            "--trainer.server.init_args.val_every=2",
-            "--trainer.server.init_args.batch_size=16",
+            "--trainer.server_steps.init_args.max_steps=4",
+            "--trainer.server_steps.init_args.val_every=2",
+            "--trainer.server_steps.init_args.batch_size=16",
         ],
     ),
     "fedgen": (DEFAULT_MODEL, ["--trainer.server.init_args.iterations=2", "--trainer.server.init_args.hidden_dim=16"]),
     "fedloge": (DEFAULT_MODEL, ["--model.init_args.sse_steps=20"]),
     "fedloge_no_glafr": (DEFAULT_MODEL, ["--model.init_args.sse_steps=20"]),
-    "ccvr": (DEFAULT_MODEL, ["--trainer.round_callbacks.init_args.samples_per_class=16"]),
+    "ccvr": (DEFAULT_MODEL, ["--trainer.server_steps.init_args.samples_per_class=16"]),
     # 2 clients: at most 2 train at once
     "partial_pfl_async": (DEFAULT_MODEL, ["--trainer.asynchronous.concurrency=2"]),
     # 20% of 2 clients rounds to no attacker: make one of the two Byzantine so that the attack runs
@@ -187,22 +191,24 @@ class Run:
 
 
 def build_loop(name: str, run_dir: Path) -> tuple[FederatedLoop, Records]:
-    """The loop a config describes, with recorders: a loop callback, a client-Trainer callback, and a wrapper of
-    ``train_client`` noting the personal state the loop stores after each client fit."""
+    """The loop a config describes, with recorders: a loop callback, a client-Trainer callback, and a wrapper of the
+    worker's ``fit`` noting the personal state the worker stores after each client fit."""
     cli = build_cli(args=cli_args(name, run_dir), run=False)
-    loop = cli.trainer.build_loop(cli.model, cli.datamodule)
     records = Records()
+    settings = cli.trainer.settings
+    callbacks = [*settings.trainer_kwargs.get("callbacks", []), RecordFitStart(records, cli.model)]
+    cli.trainer.settings = settings.replace(trainer_kwargs={**settings.trainer_kwargs, "callbacks": callbacks})
+    loop = cli.trainer.build_loop(cli.model, cli.datamodule)
     loop.callbacks.append(RecordMessages(records))
-    callbacks = list(loop.trainer_kwargs.get("callbacks") or [])
-    loop.trainer_kwargs["callbacks"] = [*callbacks, RecordFitStart(records, loop.client)]
-    train_client = loop.train_client
+    worker = loop.runner.worker
+    fit = worker.fit
 
-    def recorded_train_client(message: ServerMessage) -> Any:
-        update = train_client(message)
+    def recorded_fit(message: ServerMessage, **kwargs: Any) -> Any:
+        update = fit(message, **kwargs)
         records.kept.setdefault(message.client_id, []).append(loop.client.personal_state())
         return update
 
-    loop.train_client = recorded_train_client  # type: ignore[method-assign]
+    worker.fit = recorded_fit  # type: ignore[method-assign]
     return loop, records
 
 
@@ -314,20 +320,20 @@ def test_personal_state_persists_across_rounds(name, full_run):
                 assert_same(
                     {k: records.start_personal[cid][fit][k] for k in generated}, sent, f"client {cid} fit {fit}"
                 )
-            assert not generated & set(loop.state_store.get(cid) or {}), f"client {cid}: generated tensors stored"
-            loop.load_client(cid)
-            tensors, current = loop.client.state_dict(), loop.strategy.generate([cid])
+            assert not generated & set(store_of(loop).get(cid) or {}), f"client {cid}: generated tensors stored"
+            with client_model(loop, cid) as model:
+                tensors, current = clone(model.state_dict()), loop.strategy.generate([cid])
             assert_same({k: tensors[k] for k in generated}, {k: current[k][0] for k in generated}, f"client {cid}")
     if not any(state for fits in records.kept.values() for state in fits):
         # nothing kept (FedAvg family, pFedHN): nothing is stored, and every client's model is the global one plus
         # what the server generates for it
         assert not loop.initial_personal
-        assert all(loop.state_store.get(cid) is None for cid in clients)
-        loop.load_client(None)
-        global_model = without(clone(loop.client.state_dict()), generated)
+        assert all(store_of(loop).get(cid) is None for cid in clients)
+        with global_model(loop) as model:
+            expected = without(clone(model.state_dict()), generated)
         for cid in clients:
-            loop.load_client(cid)
-            assert_same(without(clone(loop.client.state_dict()), generated), global_model, f"client {cid}'s model")
+            with client_model(loop, cid) as model:
+                assert_same(without(clone(model.state_dict()), generated), expected, f"client {cid}'s model")
         return
     for cid in clients:
         starts, kept = records.start_personal[cid], records.kept[cid]
@@ -337,10 +343,10 @@ def test_personal_state_persists_across_rounds(name, full_run):
             # ... and every later fit from what the client kept after its previous one
             assert_same(without(starts[fit], generated), kept[fit - 1], f"client {cid} fit {fit}")
         # the store holds what the client kept after its last fit
-        stored = loop.state_store.get(cid)
+        stored = store_of(loop).get(cid)
         assert stored is not None, f"client {cid}: nothing stored"
         assert_same(stored, kept[-1], f"store {cid}")
-    final = [loop.state_store.get(cid) for cid in clients]
+    final = [store_of(loop).get(cid) for cid in clients]
     assert final[0] and set(final[0]) == set(final[1]), "the clients' personal states have different keys"
     schedule = getattr(loop.client, "schedule", None)
     if schedule is not None and all(phase.train == "shared" for phase in schedule.phases):
@@ -387,7 +393,7 @@ def test_resume_from_round_checkpoint_is_bit_exact(name, full_run, tmp_path):
     a["history"], b["history"] = without_timing(a["history"]), without_timing(b["history"])
     assert_same(a, b, name)
     for cid in range(full.loop.num_clients):
-        assert_same(clone(full.loop.state_store.get(cid)), clone(resumed.state_store.get(cid)), f"client {cid}")
+        assert_same(clone(store_of(full.loop).get(cid)), clone(store_of(resumed).get(cid)), f"client {cid}")
 
 
 # -- 5. the same run under Flower's message handling -----------------------------------------------------------
@@ -406,8 +412,8 @@ def run_under_flower(name: str, run_dir: Path, state_dir: Path, resume_from: Pat
 
 def without_client_stores(payload: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint payload without the client-side state (on the nodes under Flower) and stateless callbacks."""
-    callbacks = [{k: v for k, v in state.items() if k != "store"} for state in payload["callbacks"] if state]
-    kept = {k: v for k, v in payload.items() if k not in ("store", "callbacks", "history")}
+    callbacks = {key: {k: v for k, v in state.items() if k != "store"} for key, state in payload["callbacks"].items()}
+    kept = {k: v for k, v in payload.items() if k not in ("clients", "callbacks", "history")}
     return {**kept, "callbacks": callbacks, "history": without_timing(payload["history"])}
 
 
@@ -419,14 +425,15 @@ def assert_node_holds_the_client_state(sequential: FederatedLoop, flower: Federa
 
     nodes = DirectoryState(state_dir)
     for cid in range(sequential.num_clients):
-        expected = dict(sequential.state_store.get(cid) or {})
-        for index, callback in enumerate(sequential.callbacks):
+        expected = dict(store_of(sequential).get(cid) or {})
+        for callback in sequential.callbacks:
             store = getattr(callback, "store", None)
             if store is not None and store.get(cid):
                 if type(callback).client_state is LoopCallback.client_state:
                     continue  # server-side per-client state (download compression's reconstructions)
-                expected.update({f"{CALLBACK_PREFIX}{index}.{k}": v for k, v in store.get(cid).items()})
-        held = nodes.load(cid, before_round=flower.node_state_bound(cid)) or {}
+                prefix = f"{CALLBACK_PREFIX}{callback.state_key}."
+                expected.update({f"{prefix}{k}": v for k, v in store.get(cid).items()})
+        held = nodes.load(cid, before_round=flower.stage.state_bound(cid)) or {}
         assert_same(held, expected, f"node of client {cid}")
 
 
@@ -439,7 +446,7 @@ def test_flower_message_handling_gives_the_same_run(name, full_run, tmp_path):
     trained = messages.count("train")  # the clients trained on the node (asynchronous: also those still in flight)
     assert (
         trained >= ROUNDS * flower.num_clients
-        if isinstance(flower, AsyncFederatedLoop)
+        if isinstance(flower.stage, AsynchronousRounds)
         else trained == ROUNDS * flower.num_clients
     )
     expected = without_client_stores(sequential.checkpoint_payload(ROUNDS - 1))
@@ -451,3 +458,35 @@ def test_flower_message_handling_gives_the_same_run(name, full_run, tmp_path):
     )
     assert_same(without_client_stores(resumed.checkpoint_payload(ROUNDS - 1)), expected, f"{name} resumed under Flower")
     assert_node_holds_the_client_state(sequential, resumed, tmp_path / "node_states")
+
+
+# -- 6. the reference digests ----------------------------------------------------------------------------------------
+def _state_hashes() -> Any:
+    spec = importlib.util.spec_from_file_location("state_hashes", Path(__file__).with_name("state_hashes.py"))
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+HASHES = _state_hashes()
+REFERENCE = json.loads(HASHES.REFERENCE.read_text())
+SAME_ENVIRONMENT = REFERENCE["environment"] == HASHES.environment()
+
+
+def test_every_method_config_has_a_reference_digest():
+    assert set(IDS) == set(REFERENCE["configs"]), sorted(set(IDS) ^ set(REFERENCE["configs"]))
+
+
+@pytest.mark.skipif(
+    not SAME_ENVIRONMENT,
+    reason=f"the reference digests are of {REFERENCE['environment']}, this is {HASHES.environment()}",
+)
+@pytest.mark.parametrize("name", IDS)
+def test_run_reproduces_the_reference_digests(name, full_run):
+    loop = full_run(name).loop
+    reference = REFERENCE["configs"][name]
+    assert sorted(loop.global_state) == reference["global_keys"]
+    assert HASHES.state_digest(loop.global_state) == reference["global_state"], "final global state"
+    personal = [HASHES.state_digest(store_of(loop).get(cid)) for cid in range(loop.num_clients)]
+    assert personal == reference["personal"], "the clients' personal states"
+    assert HASHES.history_digest(loop.history) == reference["history"], "the metric history"

@@ -6,13 +6,14 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from helpers import store_of
 
 from lit_fed.cli import build_cli
 from lit_fed.client.payloads import ServerMessage
 from lit_fed.loop.federated_loop import FederatedLoop
 from lit_fed.methods import DittoClient
 from lit_fed.models import MLP, TinyCNN
-from lit_fed.server.strategy import FedAvg
+from lit_fed.server import FedAvg
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = {"accelerator": "cpu", "devices": 1}
@@ -115,10 +116,10 @@ def test_personal_model_persists_per_client_and_only_the_global_copy_is_uploaded
     for cid in range(4):
         assert same(recorder.start[(0, cid)], initial_v)
         assert same(recorder.start[(1, cid)], recorder.end[(0, cid)])  # v_k carries over, w_g does not overwrite it
-        stored = loop.state_store.get(cid)
+        stored = store_of(loop).get(cid)
         assert set(stored) == {f"personal_model.{k}" for k in initial_v}
         assert same({k.removeprefix("personal_model."): v for k, v in stored.items()}, recorder.end[(1, cid)])
-    vs = [loop.state_store.get(c)["personal_model.fc.weight"] for c in range(4)]
+    vs = [store_of(loop).get(c)["personal_model.fc.weight"] for c in range(4)]
     assert all(not torch.equal(vs[0], v) for v in vs[1:])
     assert result.history[-1]["personal_acc"] > 0.5
 

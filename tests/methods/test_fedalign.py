@@ -146,7 +146,7 @@ def run_cli(run_dir: Path, *extra: str) -> Any:
     args += [*SMALL_DATA, "--trainer.rounds", "2", "--trainer.run_dir", str(run_dir), "--trainer.progress", "false"]
     cli = build_cli(args=[*args, *extra])
     assert isinstance(cli.model, FedAlignClient) and cli.model.stage == ("conv", "bn", "act")
-    assert cli.trainer.client_kwargs["gradient_clip_val"] == 10.0
+    assert cli.trainer.settings.trainer_kwargs["gradient_clip_val"] == 10.0
     return cli
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import client_model, store_of
 
 from lit_fed.cli import build_cli
 from lit_fed.client.schedule import LocalSchedule, Phase
@@ -12,7 +13,7 @@ from lit_fed.loop.federated_loop import FederatedLoop
 from lit_fed.methods import FedBABUClient
 from lit_fed.metrics.evaluation import accumulate_accuracy, new_accuracy
 from lit_fed.models import TinyCNN
-from lit_fed.server.strategy import FedAvg
+from lit_fed.server import FedAvg
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = {"accelerator": "cpu", "devices": 1}
@@ -62,7 +63,7 @@ def test_head_is_bit_identical_to_init_after_federated_training(datamodule_facto
         for key in HEAD:
             assert torch.equal(head[key], init[key])
     for cid in range(4):  # and in every client's stored state
-        stored = loop.state_store.get(cid)
+        stored = store_of(loop).get(cid)
         assert set(stored) == set(HEAD)
         assert all(torch.equal(stored[k], init[k]) for k in HEAD)
     assert not set(HEAD) & set(result.global_state)
@@ -76,31 +77,30 @@ def test_head_is_bit_identical_to_init_after_federated_training(datamodule_facto
 def test_fine_tuning_changes_personalized_accuracy_but_not_global_accuracy(datamodule_factory, tmp_path):
     loop, _ = run(make_client(finetune_epochs=2), datamodule_factory(), tmp_path)
     tuned = loop.evaluate()
-    tuned_per_client = dict(loop.last_personalized.per_client)
+    tuned_per_client = dict(loop.evaluation.last_personalized.per_client)
     loop.client.finetune_epochs = 0
     plain = loop.evaluate()
     assert tuned["global_acc"] == plain["global_acc"]
     assert tuned["personal_acc"] != plain["personal_acc"]
-    assert tuned_per_client != loop.last_personalized.per_client
+    assert tuned_per_client != loop.evaluation.last_personalized.per_client
 
 
 def test_fine_tuning_leaks_neither_into_the_store_nor_into_the_next_client(datamodule_factory, tmp_path):
     dm = datamodule_factory()
     loop, _ = run(make_client(), dm, tmp_path)
-    store = {c: snapshot(loop.state_store.get(c)) for c in range(4)}
+    store = {c: snapshot(store_of(loop).get(c)) for c in range(4)}
     global_state = snapshot(loop.global_state)
     loop.evaluate()
-    per_client = dict(loop.last_personalized.per_client)
+    per_client = dict(loop.evaluation.last_personalized.per_client)
     for cid in range(4):
-        assert all(torch.equal(loop.state_store.get(cid)[k], v) for k, v in store[cid].items())
+        assert all(torch.equal(store_of(loop).get(cid)[k], v) for k, v in store[cid].items())
     assert all(torch.equal(loop.global_state[k], v) for k, v in global_state.items())
     # Each client evaluated alone, in reverse order, from freshly loaded state: the same accuracy.
     client = loop.client
     for cid in reversed(range(4)):
-        loop.load_client(cid)
-        client.eval()
-        client.personalize(dm.client_train_dataloader(cid, loop.round))
-        acc = accumulate_accuracy(new_accuracy(4), client.predict_logits, dm.client_test_dataloader(cid), "cpu")
+        with client_model(loop, cid):
+            client.personalize(dm.client_train_dataloader(cid, loop.round))
+            acc = accumulate_accuracy(new_accuracy(4), client.predict_logits, dm.client_test_dataloader(cid), "cpu")
         assert float(acc.compute()) == pytest.approx(per_client[cid], abs=0)
 
 

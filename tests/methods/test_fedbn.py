@@ -4,11 +4,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from helpers import store_of
 
 from lit_fed.cli import build_cli
 from lit_fed.client.split import BatchNorm
 from lit_fed.loop.federated_loop import FederatedLoop
-from lit_fed.server.strategy import FedAvg
+from lit_fed.server import FedAvg
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = {"accelerator": "cpu", "devices": 1}
@@ -64,9 +65,9 @@ def test_batchnorm_state_is_never_sent_and_persists_per_client(client_factory, d
         for rnd in range(1, rounds):
             # Round r+1 starts from this client's own round-r BN state (not an average, not another client's).
             assert_equal_states(recorder.start[(rnd, cid)], recorder.end[(rnd - 1, cid)])
-        assert_equal_states(loop.state_store.get(cid), recorder.end[(rounds - 1, cid)])
-        assert int(loop.state_store.get(cid)["backbone.bn.num_batches_tracked"]) > 0
-    stats = [loop.state_store.get(c)["backbone.bn.running_mean"] for c in range(num_clients)]
+        assert_equal_states(store_of(loop).get(cid), recorder.end[(rounds - 1, cid)])
+        assert int(store_of(loop).get(cid)["backbone.bn.num_batches_tracked"]) > 0
+    stats = [store_of(loop).get(c)["backbone.bn.running_mean"] for c in range(num_clients)]
     assert all(not torch.equal(stats[0], s) for s in stats[1:])
     # Averaging the clients' stats would give none of them.
     mean = torch.stack(stats).mean(0)
@@ -86,7 +87,7 @@ def test_fedbn_config_selects_the_batchnorm_layers_of_fedavgcnn_bn():
         run=False,
     )
     client = cli.model
-    assert isinstance(cli.trainer.federation["strategy"], FedAvg)
+    assert isinstance(cli.trainer.server, FedAvg)
     bn_modules = {n for n, m in client.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
     assert bn_modules == {"backbone.conv1.1", "backbone.conv2.1"}
     personal = set(client.personal_keys())

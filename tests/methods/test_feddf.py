@@ -1,4 +1,4 @@
-"""FedDF (METHODS §3): ensemble teacher, server-side distillation that lowers the KL and keeps the best, CLI."""
+"""FedDF (Lin et al. 2020): ensemble teacher, server-side distillation that lowers the KL and keeps the best, CLI."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from lit_fed.cli import build_cli
 from lit_fed.client.payloads import ClientUpdate
 from lit_fed.data import Dirichlet, FederatedDataModule, Synthetic
 from lit_fed.methods import FedDF, HeldOut, distillation_kl, ensemble_logits
-from lit_fed.server.strategy import ServerContext
+from lit_fed.server import FedAvg, ServerContext
 from lit_fed.trainer import FederatedTrainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,13 +89,13 @@ def test_held_out_parts_are_disjoint_stratified_and_keep_the_normalization():
 
 
 def run_server(client, strategy: FedDF, datamodule, states) -> dict[str, torch.Tensor]:
+    """FedAvg of the states, then the FedDF step on it."""
     updates = updates_from(states)
-    start = client.shared_state()
-    aggregated = strategy.aggregate_train(0, updates, start)
+    aggregated = FedAvg().aggregate_train(0, updates, client.shared_state())
     context = ServerContext(
         round=0, client_template=client, datamodule=datamodule, trainer_kwargs={"accelerator": "cpu"}
     )
-    return aggregated, strategy.server_train(aggregated, updates, context)
+    return aggregated, strategy.run(aggregated, updates, context)
 
 
 def kl_on(client_factory, state, images, teacher) -> float:
@@ -153,7 +153,7 @@ def run_cli(run_dir: Path, *extra: str):
     args += ["--data.init_args.dataset", "lit_fed.methods.HeldOut"]
     args += ["--data.init_args.dataset.init_args.source", "lit_fed.data.Synthetic"]
     args += ["--data.init_args.dataset.init_args.source.init_args.num_train", "240"]
-    server = "--trainer.server.init_args."
+    server = "--trainer.server_steps.init_args."
     args += [f"{server}max_steps", "20", f"{server}val_every", "10", f"{server}batch_size", "16"]
     args += ["--trainer.rounds", "2", "--trainer.run_dir", str(run_dir), "--trainer.progress", "false"]
     return build_cli(args=[*args, *extra])
@@ -161,15 +161,15 @@ def run_cli(run_dir: Path, *extra: str):
 
 def test_config_runs_two_rounds_and_resumes_to_identical_numbers(tmp_path):
     cli = run_cli(tmp_path)
-    strategy = cli.trainer.federation["strategy"]
-    assert isinstance(strategy, FedDF) and cli.trainer.federation["callbacks"] == []
+    (step,) = cli.trainer.server_steps
+    assert isinstance(step, FedDF) and cli.trainer.round_callbacks == [] and cli.trainer.server is None
     full = cli.trainer.federated_result
     assert [h["round"] for h in full.history] == [0, 1]
     assert {"feddf_before_fidelity_kl", "feddf_after_fidelity_agreement", "feddf_steps"} <= set(full.history[-1])
     # a fresh trainer (fresh strategy), model and datamodule from the same parsed config, resumed after round 0
     fresh = cli.parser.instantiate_classes(cli.config)["fit"]
     trainer = FederatedTrainer(**fresh.trainer.as_dict())
-    assert trainer.federation["strategy"] is not strategy
+    assert trainer.server_steps[0] is not step
     trainer.fit(fresh.model, datamodule=fresh.data, ckpt_path=str(tmp_path / "checkpoints/round_00000.ckpt"))
     resumed = trainer.federated_result
     a, b = full.history[-1], resumed.history[-1]
@@ -180,8 +180,7 @@ def test_config_runs_two_rounds_and_resumes_to_identical_numbers(tmp_path):
 def test_server_fit_keeps_logging_when_client_trainers_run_barebones():
     """The loop's client Trainers run in Lightning's barebones mode, which disables ``self.log``; FedDF's best-state
     selection reads the logged ``val_kl``, so its server Trainer must not inherit barebones."""
-    from lit_fed.loop.federated_loop import CLIENT_TRAINER_DEFAULTS
-    from lit_fed.server.strategy import ServerContext
+    from lit_fed.loop.settings import CLIENT_TRAINER_DEFAULTS
 
     assert CLIENT_TRAINER_DEFAULTS["barebones"] is True
     context = ServerContext(round=0, trainer_kwargs={**CLIENT_TRAINER_DEFAULTS, "accelerator": "cpu", "max_epochs": 1})

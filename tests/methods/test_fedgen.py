@@ -21,9 +21,9 @@ from lit_fed.methods import (
     teacher_loss,
 )
 from lit_fed.methods import fedgen as fedgen_module
-from lit_fed.methods.fedgen import GENERATOR_PREFIX, LABELS_KEY
+from lit_fed.methods.fedgen import GENERATOR_PREFIX, LABEL_COUNTS_KEY, LABELS_KEY
 from lit_fed.models import TinyCNN
-from lit_fed.server.strategy import ServerContext
+from lit_fed.server import ServerContext
 from lit_fed.trainer import FederatedTrainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,15 +43,15 @@ def client_updates(client: FedGenClient, counts: list[list[int]]) -> list[Client
             key: v + 0.3 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v.clone()
             for key, v in client.shared_state().items()
         }
-        updates.append(ClientUpdate(k, 0, state, sum(row), label_counts=torch.tensor(row)))
+        updates.append(ClientUpdate(k, 0, state, sum(row), extras={LABEL_COUNTS_KEY: torch.tensor(row)}))
     return updates
 
 
 def trained_strategy(client: FedGenClient, **kwargs) -> FedGen:
     strategy = FedGen(**{"iterations": 3, **kwargs})
     updates = client_updates(client, [[30, 0, 5, 1], [0, 20, 5, 0]])
-    state = strategy.aggregate_train(0, updates, client.shared_state())
-    strategy.server_train(state, updates, ServerContext(round=0, client_template=client))
+    strategy.aggregate_train(0, updates, client.shared_state())
+    strategy.train_on_updates(updates, ServerContext(round=0, client_template=client))
     return strategy
 
 
@@ -163,7 +163,7 @@ def test_round_zero_is_plain_cross_entropy_and_label_counts_are_uploaded(datamod
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.fit(client, train_dataloaders=dm.client_train_dataloader(1))
     update = client.build_update(num_samples=dm.client_num_train_samples(1))
-    assert torch.equal(update.label_counts, dm.client_label_counts(1))
+    assert torch.equal(update.extras[LABEL_COUNTS_KEY], dm.client_label_counts(1))
 
 
 def test_generator_and_optimizer_state_round_trip_and_continue_identically():
@@ -174,7 +174,7 @@ def test_generator_and_optimizer_state_round_trip_and_continue_identically():
     assert restored.trained_rounds == 1 and torch.equal(restored.labels, strategy.labels)
     updates = client_updates(client, [[3, 4, 5, 6], [6, 5, 4, 3]])
     for s in (strategy, restored):
-        s.server_train(client.shared_state(), updates, ServerContext(round=1, client_template=client))
+        s.train_on_updates(updates, ServerContext(round=1, client_template=client))
     for key, value in strategy.generator.state_dict().items():
         assert torch.equal(value, restored.generator.state_dict()[key])
     assert restored.optimizer.param_groups[0]["lr"] == pytest.approx(3e-4 * 0.98**2)
@@ -183,7 +183,7 @@ def test_generator_and_optimizer_state_round_trip_and_continue_identically():
 def test_updates_without_label_counts_are_refused():
     client = make_client()
     update = ClientUpdate(0, 0, client.shared_state(), 10)
-    with pytest.raises(ValueError, match="label_counts"):
+    with pytest.raises(ValueError, match="label counts"):
         FedGen().aggregate_train(0, [update], client.shared_state())
 
 
@@ -198,7 +198,7 @@ def run_cli(run_dir: Path):
 def test_config_runs_two_rounds_and_resumes_to_identical_numbers(tmp_path):
     cli = run_cli(tmp_path)
     assert isinstance(cli.model, FedGenClient)
-    strategy = cli.trainer.federation["strategy"]
+    strategy = cli.trainer.server
     full = cli.trainer.federated_result
     first, second = full.history
     assert {"fedgen_teacher_loss", "fedgen_diversity_loss"} <= set(second)
@@ -206,11 +206,11 @@ def test_config_runs_two_rounds_and_resumes_to_identical_numbers(tmp_path):
     assert (second["mb_down"] - first["mb_down"]) * 1e6 >= 4 * generator_bytes  # the generator is downloaded
     fresh = cli.parser.instantiate_classes(cli.config)["fit"]
     trainer = FederatedTrainer(**fresh.trainer.as_dict())
-    assert trainer.federation["strategy"].generator is None  # everything comes from the checkpoint
+    assert trainer.server.generator is None  # everything comes from the checkpoint
     trainer.fit(fresh.model, datamodule=fresh.data, ckpt_path=str(tmp_path / "checkpoints/round_00000.ckpt"))
     resumed = trainer.federated_result
     a, b = full.history[-1], resumed.history[-1]
     assert {k: v for k, v in a.items() if k != "round_seconds"} == {k: v for k, v in b.items() if k != "round_seconds"}
     assert all(torch.equal(full.global_state[k], resumed.global_state[k]) for k in full.global_state)
-    after = trainer.federation["strategy"].generator.state_dict()
+    after = trainer.server.generator.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in strategy.generator.state_dict().items())

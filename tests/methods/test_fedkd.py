@@ -147,9 +147,7 @@ def run_cli(run_dir: Path):
 def test_config_runs_two_rounds_with_compression_and_resumes_to_identical_numbers(tmp_path):
     cli = run_cli(tmp_path)
     assert isinstance(cli.model, FedKDClient)
-    assert [type(c).__name__ for c in cli.trainer.federation["callbacks"]] == [
-        type(c).__name__ for c in fedkd_compression()
-    ]
+    assert [type(c).__name__ for c in cli.trainer.round_callbacks] == [type(c).__name__ for c in fedkd_compression()]
     full = cli.trainer.federated_result
     last = full.history[-1]
     assert {AGREEMENT_KEY, KL_KEY, "compression_ratio_up", "compression_ratio_down"} <= set(last)

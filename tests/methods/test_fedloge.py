@@ -15,6 +15,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import client_model, store_of
 
 from lit_fed.cli import build_cli
 from lit_fed.data import Dirichlet, FederatedDataModule, Synthetic
@@ -279,7 +280,7 @@ class _Snapshots(LoopCallback):
         self.stores = []
 
     def on_round_end(self, loop, round, metrics):
-        self.stores.append({cid: loop.state_store.get(cid) for cid in range(loop.num_clients)})
+        self.stores.append({cid: store_of(loop).get(cid) for cid in range(loop.num_clients)})
 
 
 class _RecordingClient(FedLoGeClient):
@@ -414,10 +415,9 @@ def test_masking_in_the_loop_uses_each_clients_training_counts(tmp_path):
     x = dm.global_test_dataloader().dataset.images[:8]
     for cid in range(4):
         counts = dm.client_label_counts(cid)
-        loop.load_client(cid)
-        assert torch.equal(loop.client.label_stats.counts, counts)
-        with torch.no_grad():
-            logits = loop.client.predict_logits(x)
+        with client_model(loop, cid) as model, torch.no_grad():
+            assert torch.equal(model.label_stats.counts, counts)
+            logits = model.predict_logits(x)
         assert torch.equal(torch.isneginf(logits).all(dim=0), counts == 0)
 
 
@@ -489,11 +489,11 @@ def test_method_configs_set_the_papers_options():
     assert model.realign and not model.mask_absent_classes and model.global_scale == 1.7
     (group,) = model.configure_optimizers().param_groups
     assert group["lr"] == 0.03 and group["momentum"] == 0.5
-    federation = parse("method/fedloge", "federation/fedloge").trainer.federation
-    assert federation["client_fraction"] == 0.3 and federation["local_epochs"] == 5
+    federation = parse("method/fedloge", "federation/fedloge").trainer.settings
+    assert federation.client_fraction == 0.3 and federation.local_epochs == 5
     assert not parse("method/fedloge_no_ssec").model.use_sse
     assert not parse("method/fedloge_no_glafr").model.realign
     cli = parse("data/fmnist_lt")
     data = cli.datamodule
     assert data.imbalance_ratio == 100 and data.num_clients == 40 and data.partitioner.alpha == 0.5
-    assert cli.trainer.federation["shot_thresholds"] == (200, 1000)  # many > 1000 >= medium >= 200 > few
+    assert cli.trainer.settings.shot_thresholds == (200, 1000)  # many > 1000 >= medium >= 200 > few

@@ -4,11 +4,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from helpers import store_of
 
 from lit_fed.cli import build_cli
 from lit_fed.client.split import Head
 from lit_fed.loop.federated_loop import FederatedLoop
-from lit_fed.server.strategy import FedAvg
+from lit_fed.server import FedAvg
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = {"accelerator": "cpu", "devices": 1}
@@ -65,7 +66,7 @@ def test_head_stays_local_and_body_is_averaged(client_factory, datamodule_factor
             if value.is_floating_point():
                 expected = sum(n / total * s[key].double() for n, s in updates)
                 torch.testing.assert_close(value.double(), expected, rtol=1e-6, atol=1e-7)
-    heads = [loop.state_store.get(c)["backbone.fc.weight"] for c in range(4)]
+    heads = [store_of(loop).get(c)["backbone.fc.weight"] for c in range(4)]
     assert all(not torch.equal(heads[0], h) for h in heads[1:])
     for cid in range(4):  # round 1 starts from the client's own round-0 head
         assert torch.equal(recorder.start[(1, cid)], recorder.end[(0, cid)])
@@ -86,4 +87,4 @@ def test_fedper_config_makes_the_head_personal():
     )
     assert cli.model.personal_keys() == ["backbone.fc.weight", "backbone.fc.bias"]
     assert cli.model.schedule is None
-    assert isinstance(cli.trainer.federation["strategy"], FedAvg)
+    assert isinstance(cli.trainer.server, FedAvg)

@@ -9,7 +9,7 @@ from lit_fed.cli import build_cli
 from lit_fed.client.schedule import LocalSchedule, Phase
 from lit_fed.client.split import Head
 from lit_fed.loop.federated_loop import FederatedLoop
-from lit_fed.server.strategy import FedAvg
+from lit_fed.server import FedAvg
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = {"accelerator": "cpu", "devices": 1}
@@ -94,5 +94,5 @@ def test_fedrep_config_parses_to_the_phased_schedule():
     client = cli.model
     assert client.schedule.phases == [Phase("personal", epochs=10), Phase("shared")]
     assert set(client.personal_keys()) == HEAD
-    assert client.fit_limits(cli.trainer.federation["local_epochs"], None) == {"max_epochs": 12}
-    assert isinstance(cli.trainer.federation["strategy"], FedAvg)
+    assert client.fit_limits(cli.trainer.settings.local_epochs, None) == {"max_epochs": 12}
+    assert isinstance(cli.trainer.server, FedAvg)

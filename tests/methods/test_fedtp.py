@@ -3,13 +3,13 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from helpers import client_model, store_of
 
 from lit_fed import FedAvg, FederatedClient, FederatedLoop
 from lit_fed.cli import build_cli
 from lit_fed.client.payloads import ClientUpdate
 from lit_fed.data import ShakespeareDataModule
 from lit_fed.methods import QKV, FedTP, FedTPClient
-from lit_fed.methods.pfedhn import VERSION_KEY
 from lit_fed.models import CharTransformer, ViT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,7 +74,7 @@ def test_fedtp_never_averages_qkv_into_the_shared_state(datamodule_factory, tmp_
     result = loop.run()
     assert not qkv_keys() & set(result.global_state)
     assert set(result.global_state) == set(loop.client.shared_keys())
-    assert VERSION_KEY in result.global_state and result.global_state[VERSION_KEY].item() == 2
+    assert loop.strategy.version == 2 == result.history[-1]["hn_version"]
     # the aggregation itself: QKV only travels in extras and never reaches the aggregate
     strategy = FedTP(hidden_dim=8)
     strategy.setup(loop.client.generated_shapes(), num_clients=4)
@@ -101,23 +101,21 @@ def test_never_trained_client_gets_its_qkv_from_the_hypernetwork_at_evaluation(d
     datamodule = datamodule_factory(num_clients=4)
     loop = fedtp_loop(datamodule, tmp_path, rounds=1, fraction=0.25)
     loop.run()
-    trained = set(loop.sampler.sample(0).reporting)
+    trained = set(loop.stage.sampler.sample(0).reporting)
     untrained = [c for c in range(4) if c not in trained]
     assert len(untrained) == 3
     client, strategy = loop.client, loop.strategy
     for cid in untrained:
-        loop.load_client(cid)
         generated = strategy.generate([cid])
-        for key in qkv_keys():
-            torch.testing.assert_close(client.state_dict()[key], generated[key][0])
-            assert key not in loop.initial_personal  # generated, never kept
-        client.eval()
         correct = total = 0
-        with torch.no_grad():
+        with client_model(loop, cid), torch.no_grad():
+            for key in qkv_keys():
+                torch.testing.assert_close(client.state_dict()[key], generated[key][0])
+                assert key not in loop.initial_personal  # generated, never kept
             for x, y in datamodule.client_test_dataloader(cid):
                 correct += int((client(x).argmax(1) == y).sum())
                 total += len(y)
-        assert loop.last_personalized.per_client[cid] == pytest.approx(correct / total)
+        assert loop.evaluation.last_personalized.per_client[cid] == pytest.approx(correct / total)
     first, second = (strategy.generate([cid]) for cid in untrained[:2])
     assert all(not torch.equal(first[k], second[k]) for k in qkv_keys())  # each client its own projections
     # a client evaluated by the loop sees the hypernetwork of *after* the round's update, not a stale copy
@@ -131,7 +129,7 @@ def test_personalized_t_keeps_qkv_local(datamodule_factory, tmp_path):
     )
     result = loop.run()
     assert not qkv_keys() & set(result.global_state)
-    stored = [loop.state_store.get(c) for c in range(3)]
+    stored = [store_of(loop).get(c) for c in range(3)]
     assert all(set(s) == qkv_keys() for s in stored)
     key = sorted(qkv_keys())[0]
     assert not torch.equal(stored[0][key], stored[1][key])

@@ -4,11 +4,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from helpers import store_of
 
 from lit_fed.cli import build_cli
 from lit_fed.client.split import Complement, Head
 from lit_fed.loop.federated_loop import FederatedLoop
-from lit_fed.server.strategy import FedAvg
+from lit_fed.server import FedAvg
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = {"accelerator": "cpu", "devices": 1}
@@ -49,12 +50,12 @@ def test_only_the_head_is_shared_and_the_body_persists(client_factory, datamodul
     result = loop.run()
     assert set(result.global_state) == head_keys == {"backbone.fc.weight", "backbone.fc.bias"}
     for cid in range(4):
-        stored = loop.state_store.get(cid)
+        stored = store_of(loop).get(cid)
         assert set(stored) == set(body_keys)
         for key in body_keys:
             assert torch.equal(recorder.start[(1, cid)][key], recorder.end[(0, cid)][key])
             assert torch.equal(stored[key], recorder.end[(1, cid)][key])
-    convs = [loop.state_store.get(c)["backbone.conv.weight"] for c in range(4)]
+    convs = [store_of(loop).get(c)["backbone.conv.weight"] for c in range(4)]
     assert all(not torch.equal(convs[0], w) for w in convs[1:])
 
 
@@ -71,4 +72,4 @@ def test_lgfedavg_config_shares_exactly_the_head():
         run=False,
     )
     assert cli.model.shared_keys() == ["backbone.fc.weight", "backbone.fc.bias"]
-    assert isinstance(cli.trainer.federation["strategy"], FedAvg)
+    assert isinstance(cli.trainer.server, FedAvg)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import store_of
 
 from lit_fed.cli import build_cli
 from lit_fed.data import Dirichlet, FederatedDataModule, Synthetic
@@ -106,7 +107,7 @@ def test_fedrod_reads_each_clients_label_counts_and_keeps_personal_heads(tmp_pat
     loop, result = _run(Recording(TinyCNN(1, 4)), tmp_path)
     for cid, counts in seen.items():
         assert torch.equal(counts, loop.datamodule.client_label_counts(cid))
-    heads = [loop.state_store.get(cid)["personal_head.weight"] for cid in range(4)]
+    heads = [store_of(loop).get(cid)["personal_head.weight"] for cid in range(4)]
     assert not torch.equal(heads[0], heads[1])
     assert "backbone.fc.weight" in result.global_state and "personal_head.weight" not in result.global_state
 

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from helpers import store_of
 from torch import nn
 
 from lit_fed.cli import build_cli
@@ -102,8 +103,8 @@ def test_previous_model_persists_per_client_and_is_its_own_model_after_its_previ
             )
 
     class Record(LoopCallback):
-        def client_update(self, loop, update, message):
-            trained[(message.round, message.client_id)] = loop.client.encoder_state()
+        def client_update(self, worker, update, message):
+            trained[(message.round, message.client_id)] = worker.module.encoder_state()
             return update
 
     torch.manual_seed(0)
@@ -130,7 +131,7 @@ def test_previous_model_persists_per_client_and_is_its_own_model_after_its_previ
         for key, value in previous.items():
             assert torch.equal(value, trained[(0, cid)][key]), (cid, key)  # its own round-0 model, not another's
         assert not torch.equal(previous["backbone.conv.weight"], trained[(0, (cid + 1) % 3)]["backbone.conv.weight"])
-        stored = loop.state_store.get(cid)
+        stored = store_of(loop).get(cid)
         for key, value in trained[(1, cid)].items():  # after round 1 the store holds the round-1 model, on CPU
             kept = stored[PREVIOUS_PREFIX + key]
             assert torch.equal(kept, value) and kept.device.type == "cpu"

@@ -3,6 +3,7 @@
 import lightning as L
 import pytest
 import torch
+from helpers import store_of
 
 from lit_fed.client.payloads import ClientUpdate
 from lit_fed.client.schedule import Phase
@@ -131,7 +132,7 @@ def test_server_step_is_x_plus_gamma_times_the_mean_delta():
 def test_async_step_scales_the_stale_delta():
     x = {"w": torch.tensor([1.0, 1.0])}
     start = {"w": torch.tensor([0.0, 0.0])}
-    out = PartialPFL(server_lr=2.0).apply_async_update(x, update(0, {"w": torch.tensor([0.3, -0.6])}, 1), start, 0.25)
+    out = PartialPFL(server_lr=2.0).staleness_update(x, update(0, {"w": torch.tensor([0.3, -0.6])}, 1), start, 0.25)
     torch.testing.assert_close(out["w"], torch.tensor([1.0 + 2.0 * 0.25 * 0.3, 1.0 - 2.0 * 0.25 * 0.6]))
 
 
@@ -152,7 +153,7 @@ def test_personal_part_persists_per_client_and_trains(client_factory, datamodule
     for cid in range(4):
         for rnd in (1, 2):  # warm start: round r's fine-tuning starts from the head client cid ended round r-1 with
             assert torch.equal(spy.start[(cid, rnd)], spy.end[(cid, rnd - 1)])
-        assert torch.equal(loop.state_store.get(cid)["backbone.fc.weight"], spy.end[(cid, 2)])
+        assert torch.equal(store_of(loop).get(cid)["backbone.fc.weight"], spy.end[(cid, 2)])
     assert not torch.equal(spy.end[(0, 2)], spy.end[(1, 2)])
     assert not set(HEAD) & set(result.global_state)
     assert result.history[-1]["personal_acc"] > 0.5  # 4 classes: chance 0.25

@@ -13,7 +13,7 @@ from lit_fed.cli import build_cli
 from lit_fed.loop.federated_loop import FederatedLoop
 from lit_fed.methods import PerFedAvgClient
 from lit_fed.models import MLP, TinyCNN
-from lit_fed.server.strategy import FedAvg
+from lit_fed.server import FedAvg
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = {"accelerator": "cpu", "devices": 1}

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import client_model, store_of
 from torch.func import functional_call
 
 from lit_fed import FederatedLoop
@@ -15,7 +16,6 @@ from lit_fed.methods import (
     PFedHNClient,
     hypernetwork_gradients,
 )
-from lit_fed.methods.pfedhn import VERSION_KEY
 from lit_fed.models import MLP
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,7 +123,7 @@ def test_configure_train_generates_only_the_sampled_clients_in_one_forward():
     network = strategy.setup({"w": (2, 2)}, num_clients=100, seed=0)
     calls = []
     network.register_forward_hook(lambda module, args, out: calls.append(args[0].tolist()))
-    messages = strategy.configure_train(0, [5, 42, 17], {VERSION_KEY: torch.tensor(0)})
+    messages = strategy.configure_train(0, [5, 42, 17], {})
     assert calls == [[5, 42, 17]]  # one batched forward, the sampled clients only
     assert [m.client_id for m in messages] == [5, 42, 17]
     expected = strategy.generate([42])["w"][0]
@@ -134,44 +134,42 @@ def test_configure_train_generates_only_the_sampled_clients_in_one_forward():
 
 def test_pfedhn_client_split_and_pc_private_head():
     full, pc = make_client(False), make_client(True)
-    assert full.shared_keys() == [VERSION_KEY]
+    assert full.shared_keys() == []  # every weight is generated: nothing to aggregate
     assert set(full.generated_keys()) == {k for k in full.state_dict() if k.startswith("backbone.")}
     head = {"backbone.fc.weight", "backbone.fc.bias"}
     assert head.isdisjoint(pc.generated_keys()) and head <= set(pc.personal_keys())
-    assert pc.shared_keys() == [VERSION_KEY]
+    assert pc.shared_keys() == []  # generated body, private head
     assert pc.generated_shapes()["backbone.body.0.weight"] == (8, 64)
 
 
 def test_never_trained_clients_are_evaluated_with_generated_weights(datamodule_factory, tmp_path):
     loop = make_loop(datamodule_factory(num_clients=4), tmp_path, private_head=True, rounds=1, fraction=0.5)
     result = loop.run()
-    trained = set(loop.sampler.sample(0).reporting)
+    trained = set(loop.stage.sampler.sample(0).reporting)
     untrained = [c for c in range(4) if c not in trained]
     assert untrained
     strategy, client = loop.strategy, loop.client
-    assert result.global_state[VERSION_KEY].item() == strategy.version == 1
+    assert result.global_state == {} and strategy.version == 1  # pFedHN-PC's client shares nothing
     for cid in range(4):
-        loop.load_client(cid)
         generated = strategy.generate([cid])
-        for key in client.generated_keys():
-            torch.testing.assert_close(client.state_dict()[key], generated[key][0])
-        stored = loop.state_store.get(cid)
-        if cid in trained:  # only the private head is stored
-            assert set(stored) == {"backbone.fc.weight", "backbone.fc.bias"}
-            torch.testing.assert_close(client.backbone.fc.weight, stored["backbone.fc.weight"])
-        else:
-            assert stored is None
-            torch.testing.assert_close(client.backbone.fc.weight, loop.initial_personal["backbone.fc.weight"])
+        stored = store_of(loop).get(cid)
+        with client_model(loop, cid):
+            for key in client.generated_keys():
+                torch.testing.assert_close(client.state_dict()[key], generated[key][0])
+            if cid in trained:  # only the private head is stored
+                assert set(stored) == {"backbone.fc.weight", "backbone.fc.bias"}
+                torch.testing.assert_close(client.backbone.fc.weight, stored["backbone.fc.weight"])
+            else:
+                assert stored is None
+                torch.testing.assert_close(client.backbone.fc.weight, loop.initial_personal["backbone.fc.weight"])
     # the reported accuracy of a never-trained client is that of its generated weights
     cid = untrained[0]
-    loop.load_client(cid)
-    client.eval()
     correct = total = 0
-    with torch.no_grad():
+    with client_model(loop, cid), torch.no_grad():
         for x, y in datamodule_factory(num_clients=4).client_test_dataloader(cid):
             correct += int((client(x).argmax(1) == y).sum())
             total += len(y)
-    assert loop.last_personalized.per_client[cid] == pytest.approx(correct / total)
+    assert loop.evaluation.last_personalized.per_client[cid] == pytest.approx(correct / total)
 
 
 def test_hypernetwork_state_round_trips_through_the_round_checkpoint(datamodule_factory, tmp_path):
@@ -208,8 +206,15 @@ def test_a_restored_checkpoint_evaluates_with_the_hypernetwork(datamodule_factor
 def test_evaluation_without_the_generated_tensors_fails_loudly(datamodule_factory):
     client = make_client(private_head=False)
     client.load_personal_state(client.personal_state())  # a plain store's state: no generated tensors supplied
-    with pytest.raises(RuntimeError, match="personal_overlay"):
+    with pytest.raises(RuntimeError, match="configure_evaluate"):
         client.predict_logits(torch.zeros(2, 1, 8, 8))
+    # what the strategy sends for evaluation supplies them
+    strategy = PFedHN(hidden_dim=8)
+    strategy.setup(client.generated_shapes(), num_clients=2)
+    (message,) = strategy.configure_evaluate(0, [1], {})
+    assert set(message.extras) == set(client.generated_keys())
+    client.receive_evaluation(message)
+    assert client.predict_logits(torch.zeros(2, 1, 8, 8)).shape == (2, 4)
     strategy = PFedHN()
     with pytest.raises(RuntimeError, match="not built"):
         strategy.generate([0])

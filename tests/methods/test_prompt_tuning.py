@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import store_of
 
 from lit_fed import FedAvg, FederatedLoop
 from lit_fed.cli import build_cli
@@ -60,7 +61,7 @@ def test_a_round_leaves_the_backbone_bit_identical_and_communicates_only_prompts
     assert len(frozen_before) == len(state) - 3
     for key, value in frozen_before.items():
         assert torch.equal(state[key], value), key
-    assert loop.state_store.get(0) is None  # nothing personal is stored
+    assert store_of(loop).get(0) is None  # nothing personal is stored
     # the reported fraction, by hand: k·d prompts + d·C + C head over every state-dict element
     total = sum(v.numel() for v in state.values())
     expected = (3 * 64 + 64 * 4 + 4) / total

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import store_of
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -125,7 +126,7 @@ class StoreSnapshot(LoopCallback):
         self.after: dict[int, dict[int, dict[str, torch.Tensor]]] = {}
 
     def on_round_end(self, loop, round, metrics):
-        self.after[round] = {c: {k: v.clone() for k, v in loop.state_store.get(c).items()} for c in range(4)}
+        self.after[round] = {c: {k: v.clone() for k, v in store_of(loop).get(c).items()} for c in range(4)}
 
 
 def test_scores_and_personal_model_persist_per_client_and_only_the_global_copy_is_shared(datamodule, tmp_path):
@@ -206,7 +207,7 @@ def test_bf16_loop_stays_finite(datamodule, tmp_path):
     assert all(math.isfinite(v) for h in result.history for v in h.values() if isinstance(v, float))
     assert all(torch.isfinite(v).all() for v in result.global_state.values() if v.is_floating_point())
     for cid in range(4):
-        state = loop.state_store.get(cid)
+        state = store_of(loop).get(cid)
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
         assert int(state["excitation_scores.num_updates"]) > 0 and state["excitation_scores.score__conv"].sum() > 0
 
@@ -312,7 +313,7 @@ def test_each_config_runs_and_resumes_to_identical_numbers(method, tmp_path):
     ckpt_cut = load_checkpoint(cut / "checkpoints/last.ckpt")
     for key, value in ckpt_full["global_state"].items():
         assert torch.equal(value, ckpt_cut["global_state"][key]), key
-    states_full, states_cut = ckpt_full["store"]["states"], ckpt_cut["store"]["states"]
+    states_full, states_cut = ckpt_full["clients"]["store"]["states"], ckpt_cut["clients"]["store"]["states"]
     assert set(states_full) == set(states_cut) == {0, 1, 2, 3}
     for cid, state in states_full.items():
         assert any(k.startswith("excitation_scores") for k in state) == model.use_excitation
@@ -343,5 +344,5 @@ def test_resnet8_on_a_tiny_rgb_set_through_the_cli(method, tmp_path):
     assert model.excited_layers == ["conv1", "layer1.0.conv1", "layer1.0.conv2"]
     history = cli.trainer.federated_result.history
     assert len(history) == 2 and finite_history(history)
-    states = load_checkpoint(tmp_path / "checkpoints/last.ckpt")["store"]["states"]
+    states = load_checkpoint(tmp_path / "checkpoints/last.ckpt")["clients"]["store"]["states"]
     assert all(int(s["excitation_scores.num_updates"]) > 0 for s in states.values())

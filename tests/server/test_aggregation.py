@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lit_fed.client.payloads import ClientUpdate
+from lit_fed.server import FedAvg
 from lit_fed.server.aggregation import WeightedMean, sample_weights
-from lit_fed.server.strategy import FedAvg
 
 
 def _update(client_id: int, state: dict[str, torch.Tensor], num_samples: int) -> ClientUpdate:

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from lit_fed.client.payloads import ClientUpdate
+from lit_fed.server import FedAvg
 from lit_fed.server.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
-from lit_fed.server.strategy import FedAvg
 
 
 def _t(x: float) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """Asynchronous federated training: clients finish at different times and their updates apply as they arrive.
 
-:class:`AsyncFederatedLoop` simulates ``concurrency`` clients training at once (an event-driven simulation on a
-virtual clock; the clients still train one after another on this machine):
+:class:`AsynchronousRounds` is the loop's collect-and-apply stage in asynchronous mode (``trainer.asynchronous``;
+:class:`~lit_fed.loop.rounds.SynchronousRounds` otherwise): everything after it in a round — server steps,
+evaluation, callbacks, logging, checkpoints — is the synchronous code. It simulates ``concurrency`` clients
+training at once (an event-driven simulation on a virtual clock):
 
 1. A client is *dispatched* from the global model version current at its start (``x_start``, version ``v_s``)
    with a latency drawn from a :class:`Latency` distribution on the stream ``(seed, "latency", client, v_s)``.
@@ -9,10 +11,11 @@ virtual clock; the clients still train one after another on this machine):
    ``j``-th dispatch.
 2. Events are processed in order of arrival time (ties: dispatch order). The arriving client trains from
    ``x_start`` (its personal state cannot have changed meanwhile: a client is never in flight twice), and its
-   update is applied alone: ``x ← x + γ · s(τ) · (x_k − x_start)``, with ``τ`` the number of server updates
-   applied since its start and the staleness discount ``s(τ) = (1 + τ)^(−a)``, ``a = 1``: ``s(τ) = 1/(1+τ)``
-   [design, METHODS §2; the polynomial family is FedAsync's, Xie et al. 2019]. ``γ`` is the strategy's (see
-   :meth:`lit_fed.methods.partial.PartialPFL.apply_async_update`; plain FedAvg uses ``γ = 1``).
+   update is applied alone by the strategy's declared rule
+   (:meth:`~lit_fed.server.strategy.Strategy.staleness_update`; FedAvg: ``x ← x + s(τ) · (x_k − x_start)``), with
+   ``τ`` the number of server updates applied since its start and the staleness discount
+   ``s(τ) = (1 + τ)^(−a)``, ``a = 1`` by default: ``s(τ) = 1/(1+τ)`` (the polynomial family of FedAsync, Xie et
+   al. 2019, "Asynchronous Federated Optimization", §5.2).
 3. The finished client's slot is refilled at once by a newly sampled client starting from the current model.
 
 A *round* is ``concurrency`` arrivals (= applied updates, unless some are rejected as non-finite), so evaluation,
@@ -32,32 +35,28 @@ Where clients train: each dispatch is handed to the loop's runner (:meth:`~lit_f
 and its update taken at arrival (:meth:`~lit_fed.loop.runner.ClientRunner.collect`). In this process the client
 trains at arrival; under Flower it starts training on its node at dispatch, so the in-flight clients really train
 at the same time — with the same result, since a client's update depends only on its message and its own state.
-Client-side hooks see ``loop.round`` = the round the client was dispatched in.
+Client-side hooks see the round the client was dispatched in.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 import numpy as np
-import torch
 from typing_extensions import override
 
-from lit_fed.client.payloads import ClientUpdate, ServerMessage, StateDict
-from lit_fed.loop.checkpoint import load_checkpoint
-from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult, mean_client_metrics
+from lit_fed.client.payloads import ClientUpdate, ServerMessage
+from lit_fed.loop.rounds import CollectedRound, RoundStage, screened
 from lit_fed.server.aggregation import WeightedMean
-from lit_fed.server.strategy import FedAvg, ServerContext, Strategy
-from lit_fed.server.validation import screen_updates
 from lit_fed.utils.seeding import numpy_rng
+
+if TYPE_CHECKING:
+    from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
 
 log = logging.getLogger("lit_fed")
 
@@ -156,7 +155,7 @@ class Asynchronous:
     Args:
         concurrency: Clients training at once (≤ the number of clients); also the number of arrivals per round.
         latency: Per-dispatch latency distribution (``Exponential(1.0)`` by default).
-        staleness_exponent: ``a`` in ``s(τ) = (1 + τ)^(−a)``; 1 gives the design's ``1/(1+τ)``, 0 no discount.
+        staleness_exponent: ``a`` in ``s(τ) = (1 + τ)^(−a)``; 1 gives ``1/(1+τ)`` [design], 0 no discount.
     """
 
     def __init__(self, concurrency: int = 4, latency: Latency | None = None, staleness_exponent: float = 1.0) -> None:
@@ -240,91 +239,22 @@ class InFlight:
         )
 
 
-def staleness_step(
-    global_state: StateDict,
-    update_state: StateDict,
-    start_state: StateDict,
-    weight: float,
-) -> StateDict:
-    """``x + weight · (x_k − x_start)`` on floating-point keys (float64 arithmetic); integer keys from the update.
-
-    Keys of ``global_state`` absent from the update keep their value.
-    """
-    out = dict(global_state)
-    for key, value in update_state.items():
-        if torch.is_floating_point(value):
-            x = global_state[key].to(torch.float64)
-            delta = value.to(torch.float64) - start_state[key].to(torch.float64)
-            out[key] = (x + weight * delta).to(global_state[key].dtype)
-        else:
-            out[key] = value.clone()
-    return out
-
-
-AsyncStep = Callable[[StateDict, ClientUpdate, StateDict, float], StateDict]
-
-
-def _fedavg_async_step(global_state: StateDict, update: ClientUpdate, start: StateDict, weight: float) -> StateDict:
-    return staleness_step(global_state, update.state, start, weight)
-
-
-def async_step_of(strategy: Strategy) -> AsyncStep:
-    """The strategy's rule for one stale update: its ``apply_async_update``, or ``γ = 1`` for plain FedAvg.
-
-    Raises:
-        TypeError: the strategy has no asynchronous rule (e.g. FedAdam: its moments are defined per round).
-    """
-    step = getattr(strategy, "apply_async_update", None)
-    if callable(step):
-        return step
-    if type(strategy) is FedAvg:
-        return _fedavg_async_step
-    raise TypeError(
-        f"asynchronous mode: {type(strategy).__name__} defines no apply_async_update(global_state, update, "
-        "start_state, staleness_weight); use lit_fed.methods.PartialPFL or FedAvg"
-    )
-
-
-class AsyncFederatedLoop(FederatedLoop):
-    """A :class:`FederatedLoop` whose clients report asynchronously (see the module docstring).
+class AsynchronousRounds(RoundStage):
+    """The asynchronous collect-and-apply stage (see the module docstring).
 
     Args:
-        client: As for :class:`FederatedLoop`.
-        datamodule: As for :class:`FederatedLoop`.
-        strategy: A strategy with ``apply_async_update`` (:class:`~lit_fed.methods.partial.PartialPFL`) or
-            plain FedAvg.
         asynchronous: Concurrency, latency distribution and staleness discount.
-        **kwargs: :class:`FederatedLoop` options. ``client_fraction`` must stay 1 (``concurrency`` sets how many
-            clients train at once) and ``client_dropout`` 0.
+
+    Raises:
+        ValueError: at setup, ``client_fraction`` other than 1, dropout, or more concurrency than clients.
+        TypeError: at setup, a strategy that declares no asynchronous rule.
     """
 
-    def __init__(
-        self,
-        client: L.LightningModule,
-        datamodule: Any,
-        strategy: Strategy | None = None,
-        *,
-        asynchronous: Asynchronous | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(client, datamodule, strategy, **kwargs)
-        self.asynchronous = asynchronous if asynchronous is not None else Asynchronous()
-        if self.client_fraction != 1.0:
-            raise ValueError(
-                f"asynchronous mode: client_fraction must be 1.0 (got {self.client_fraction}); "
-                "asynchronous.concurrency sets how many clients train at once"
-            )
-        if self.client_dropout != 0.0:
-            raise ValueError(f"asynchronous mode does not simulate dropout; client_dropout is {self.client_dropout}")
-        self._async_step = async_step_of(self.strategy)
-        aggregator = getattr(self.strategy, "aggregator", None)
-        if aggregator is not None and not isinstance(aggregator, WeightedMean):
-            log.warning(
-                "asynchronous mode applies every update alone as it arrives: the aggregator %r is not used", aggregator
-            )
-        self._reset_async_state()
+    def __init__(self, asynchronous: Asynchronous) -> None:
+        self.asynchronous = asynchronous
+        self._reset()
 
-    def _reset_async_state(self) -> None:
+    def _reset(self) -> None:
         self.version = 0
         self.clock = 0.0
         self.dispatched = 0
@@ -332,88 +262,103 @@ class AsyncFederatedLoop(FederatedLoop):
         self.staleness_counts: dict[int, int] = {}
         self.dispatched_at_version: set[int] = set()  # clients started from the current version
 
-    # -- setup and checkpoints ---------------------------------------------------------------------------
     @override
-    def setup(self) -> None:
-        super().setup()
-        if self.asynchronous.concurrency > self.num_clients:
+    def setup(self, loop: FederatedLoop) -> None:
+        settings, strategy = loop.settings, loop.strategy
+        if settings.client_fraction != 1.0:
             raise ValueError(
-                f"asynchronous mode: concurrency {self.asynchronous.concurrency} exceeds the {self.num_clients} clients"
+                f"asynchronous mode: client_fraction must be 1.0 (got {settings.client_fraction}); "
+                "asynchronous.concurrency sets how many clients train at once"
             )
-        self._reset_async_state()
+        if settings.client_dropout != 0.0:
+            raise ValueError(
+                f"asynchronous mode does not simulate dropout; client_dropout is {settings.client_dropout}"
+            )
+        if not strategy.supports_asynchronous:
+            raise TypeError(
+                f"asynchronous mode: {type(strategy).__name__} declares no rule for one stale update "
+                "(supports_asynchronous is false: its aggregation is defined per round)"
+            )
+        aggregator = getattr(strategy, "aggregator", None)
+        if aggregator is not None and not isinstance(aggregator, WeightedMean):
+            log.warning(
+                "asynchronous mode applies every update alone as it arrives: the aggregator %r is not used", aggregator
+            )
+        if self.asynchronous.concurrency > loop.num_clients:
+            raise ValueError(
+                f"asynchronous mode: concurrency {self.asynchronous.concurrency} exceeds the {loop.num_clients} clients"
+            )
+        self._reset()
 
+    # -- checkpoints -----------------------------------------------------------------------------------------
     @override
-    def _identity(self) -> dict[str, Any]:
-        return {**super()._identity(), "asynchronous": self.asynchronous.concurrency}
-
-    @override
-    def checkpoint_payload(self, completed_round: int) -> dict[str, Any]:
-        payload = super().checkpoint_payload(completed_round)
-        payload["async"] = {
+    def state_dict(self) -> dict[str, Any]:
+        return {
             "version": self.version,
             "clock": self.clock,
             "dispatched": self.dispatched,
             "in_flight": [job.to_dict() for job in self.in_flight],
             "staleness_counts": dict(self.staleness_counts),
             "dispatched_at_version": sorted(self.dispatched_at_version),
+            "concurrency": self.asynchronous.concurrency,
         }
-        return payload
 
     @override
-    def restore(self, path: str | Path) -> int:
-        start = super().restore(path)
-        state = load_checkpoint(path)["async"]
+    def load_state_dict(self, state: dict[str, Any], completed_round: int) -> None:
+        if int(state.get("concurrency", self.asynchronous.concurrency)) != self.asynchronous.concurrency:
+            raise ValueError(
+                f"the checkpoint was written with asynchronous concurrency {state['concurrency']}, this run has "
+                f"{self.asynchronous.concurrency}"
+            )
         self.version = int(state["version"])
         self.clock = float(state["clock"])
         self.dispatched = int(state["dispatched"])
         self.in_flight = [InFlight.from_dict(job) for job in state["in_flight"]]
         self.staleness_counts = {int(k): int(v) for k, v in state["staleness_counts"].items()}
         self.dispatched_at_version = {int(c) for c in state["dispatched_at_version"]}
-        return start
 
     # -- the event queue -----------------------------------------------------------------------------------
-    def dispatch(self) -> InFlight:
+    def dispatch(self, loop: FederatedLoop) -> InFlight:
         """Starts a newly sampled idle client from the current model at the current virtual time.
 
         A client already started from the current version (possible only after a rejected update) is not started
         from it again while another idle client is available, so ``(client, version)`` — the key of its data and
         fit streams and of its stored personal state — stays unique.
         """
+        seed = loop.settings.seed
         busy = {job.client_id for job in self.in_flight}
-        idle = [c for c in range(self.num_clients) if c not in busy]
+        idle = [c for c in range(loop.num_clients) if c not in busy]
         fresh = [c for c in idle if c not in self.dispatched_at_version]
         idle = fresh or idle
-        rng = numpy_rng(self.seed, "async_sampling", self.dispatched)
+        rng = numpy_rng(seed, "async_sampling", self.dispatched)
         cid = idle[int(rng.integers(len(idle)))]
-        (message,) = self.strategy.configure_train(self.version, [cid], self.global_state)
-        for callback in self.callbacks:
-            message = callback.server_message(self, message)
-        latency = self.asynchronous.latency.sample(numpy_rng(self.seed, "latency", cid, self.version), cid)
+        (message,) = loop.strategy.configure_train(self.version, [cid], loop.global_state)
+        latency = self.asynchronous.latency.sample(numpy_rng(seed, "latency", cid, self.version), cid)
         if not (latency > 0 and math.isfinite(latency)):
             raise ValueError(f"latency of client {cid} at version {self.version} must be finite and > 0, got {latency}")
-        self.comm.download(message)
-        job = InFlight(cid, self.version, self.clock, self.clock + latency, self.dispatched, message, self.round)
+        message = loop.prepare_message(message)
+        job = InFlight(cid, self.version, self.clock, self.clock + latency, self.dispatched, message, loop.round)
         self.dispatched += 1
         self.dispatched_at_version.add(cid)
         self.in_flight.append(job)
-        self.submit(job)
+        self.submit(loop, job)
         return job
 
-    def submit(self, job: InFlight) -> None:
+    def submit(self, loop: FederatedLoop, job: InFlight) -> None:
         """Hands the job to the runner (on Flower, the client starts training now, concurrently with the others)."""
-        job.handle = self.runner.submit(self, job.message, state_version=job.seq, round=job.dispatch_round)
+        job.handle = loop.runner.submit(loop, job.message, state_version=job.seq, round=job.dispatch_round)
 
     @override
-    def node_state_bound(self, client_id: int) -> int:
+    def state_bound(self, client_id: int) -> int:
         """A client in flight counts its versions before its dispatch; any other client, every version so far."""
         for job in self.in_flight:
             if job.client_id == client_id:
                 return job.seq
         return self.dispatched
 
-    def _fill(self) -> None:
+    def _fill(self, loop: FederatedLoop) -> None:
         while len(self.in_flight) < self.asynchronous.concurrency:
-            self.dispatch()
+            self.dispatch(loop)
 
     def next_arrival(self) -> InFlight:
         """Removes and returns the in-flight client that reports first."""
@@ -421,11 +366,11 @@ class AsyncFederatedLoop(FederatedLoop):
         self.in_flight.remove(job)
         return job
 
-    def apply_update(self, job: InFlight, update: ClientUpdate) -> int:
+    def apply_update(self, loop: FederatedLoop, job: InFlight, update: ClientUpdate) -> int:
         """Applies one accepted update with its staleness discount; returns its staleness τ."""
         staleness = self.version - job.start_version
         weight = self.asynchronous.staleness_weight(staleness)
-        self.global_state = self._async_step(self.global_state, update, job.message.state, weight)
+        loop.global_state = loop.strategy.staleness_update(loop.global_state, update, job.message.state, weight)
         self.version += 1
         self.dispatched_at_version = set()
         self.staleness_counts[staleness] = self.staleness_counts.get(staleness, 0) + 1
@@ -433,47 +378,29 @@ class AsyncFederatedLoop(FederatedLoop):
 
     # -- one round = `concurrency` arrivals -----------------------------------------------------------------
     @override
-    def run_round(self, rnd: int) -> dict[str, Any]:
-        self.round = rnd
-        started = time.perf_counter()
-        for callback in self.callbacks:
-            callback.on_round_start(self, rnd)
-        self.comm.start_round()
+    def collect(self, loop: FederatedLoop, round: int) -> CollectedRound:
         for job in self.in_flight:
             if job.handle is None:  # restored from a checkpoint: submitted again
-                self.submit(job)
-        self._fill()
+                self.submit(loop, job)
+        self._fill(loop)
         accepted: list[ClientUpdate] = []
         staleness: list[int] = []
         arrivals = rejected = 0
         while arrivals < self.asynchronous.concurrency:
             job = self.next_arrival()
             self.clock = job.arrival_time
-            update = self.runner.collect(self, job.handle)
-            ok, bad = screen_updates([update], self.global_state)
-            for _, reason in bad:
-                log.warning(reason)
-                rejected += 1
+            update = loop.receive_update(loop.runner.collect(loop, job.handle))
+            ok, bad = screened([update], loop.global_state)
+            rejected += bad
             if ok:
-                staleness.append(self.apply_update(job, update))
+                staleness.append(self.apply_update(loop, job, update))
                 accepted.append(update)
             arrivals += 1
-            self._fill()  # the freed slot restarts from the current model
-        server_metrics: dict[str, Any] = {}
-        if accepted:
-            context = ServerContext(
-                round=rnd,
-                client_template=self.client,
-                datamodule=self.datamodule,
-                trainer_kwargs=dict(self._client_kwargs),
-                logger=server_metrics.update,
-            )
-            self.global_state = self.strategy.server_train(self.global_state, accepted, context)
+            self._fill(loop)  # the freed slot restarts from the current model
         histogram: dict[int, int] = {}
         for tau in staleness:
             histogram[tau] = histogram.get(tau, 0) + 1
         metrics: dict[str, Any] = {
-            "round": rnd,
             "clients": arrivals,
             "dropped": 0,
             "rejected": rejected,
@@ -483,24 +410,12 @@ class AsyncFederatedLoop(FederatedLoop):
             "staleness_mean": float(np.mean(staleness)) if staleness else float("nan"),
             "staleness_max": max(staleness) if staleness else 0,
             "staleness_histogram": dict(sorted(histogram.items())),
-            **self.comm.round_metrics(),
         }
-        metrics.update(mean_client_metrics(accepted))
-        metrics.update(server_metrics)
-        if self.eval_every and ((rnd + 1) % self.eval_every == 0 or rnd == self.rounds - 1):
-            metrics.update(self.evaluate())
-        metrics["round_seconds"] = time.perf_counter() - started
-        return self.finish_round(rnd, metrics)
-
-    def _write_staleness(self) -> Path:
-        path = self.run_dir / "staleness.csv"
-        lines = ["staleness,count"] + [f"{tau},{n}" for tau, n in sorted(self.staleness_counts.items())]
-        path.write_text("\n".join(lines) + "\n")
-        return path
+        return CollectedRound(loop.global_state, accepted, metrics)
 
     @override
-    def _finish(self, last_ckpt: Path | None) -> FederatedResult:
-        staleness = self._write_staleness()
-        result = super()._finish(last_ckpt)
-        result.artifacts["staleness"] = staleness
-        return result
+    def finish(self, loop: FederatedLoop, result: FederatedResult) -> None:
+        path = loop.settings.run_dir / "staleness.csv"
+        lines = ["staleness,count"] + [f"{tau},{n}" for tau, n in sorted(self.staleness_counts.items())]
+        path.write_text("\n".join(lines) + "\n")
+        result.artifacts["staleness"] = path

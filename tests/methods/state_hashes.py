@@ -1,0 +1,137 @@
+"""Fingerprints of every method config's run: the final global state, the clients' personal states and the metrics.
+
+Each ``configs/method/*.yaml`` runs as in the method contract test (``test_contract.py``: synthetic data, 2 clients,
+2 rounds, the contract's overrides) and is summarized by SHA-256 digests of its final global state, of every client's
+stored personal state and of its metric history (timing left out). ``state_hashes.json`` holds the digests of a
+reference run; ``test_state_hashes.py`` checks that today's code reproduces them bit for bit where the numerical
+environment is the reference's (same torch version and machine architecture).
+
+Record the reference again only for a deliberate numerical change, and say which configs changed and why::
+
+    python tests/methods/state_hashes.py --write            # all configs
+    python tests/methods/state_hashes.py --write ccvr       # only these configs (the others keep theirs)
+    python tests/methods/state_hashes.py --check fedavg     # compare some configs with the reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+REFERENCE = HERE / "state_hashes.json"
+
+
+def environment() -> dict[str, str]:
+    """What must match for digests to be comparable: torch's version and the machine architecture."""
+    return {"torch": torch.__version__.split("+")[0], "machine": platform.machine()}
+
+
+def state_digest(state: dict[str, torch.Tensor] | None) -> str:
+    """SHA-256 over the sorted keys, each tensor's dtype, shape and bytes (``"none"`` for no state)."""
+    if state is None:
+        return "none"
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def flat_tensors(value: Any, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor inside nested dicts/lists (e.g. a strategy's ``state_dict()``), keyed by its path."""
+    if isinstance(value, torch.Tensor):
+        return {prefix: value}
+    out: dict[str, torch.Tensor] = {}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out.update(flat_tensors(item, f"{prefix}/{key}"))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            out.update(flat_tensors(item, f"{prefix}[{index}]"))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def history_digest(history: list[dict[str, Any]]) -> str:
+    """SHA-256 of the metric history without wall-clock timing (``round_seconds`` and the per-stage seconds)."""
+    rows = [{k: v for k, v in metrics.items() if not k.endswith("_seconds")} for metrics in history]
+    return hashlib.sha256(json.dumps(_plain(rows), sort_keys=True).encode()).hexdigest()
+
+
+def fingerprint(name: str) -> dict[str, Any]:
+    """The digests of config ``name``'s contract run (sequential backend)."""
+    sys.path[:0] = [str(HERE), str(HERE.parent)]  # the contract test module and the shared test helpers
+    from test_contract import cli_args  # the contract's exact stack and overrides
+
+    from lit_fed.cli import build_cli
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        cli = build_cli(args=cli_args(name, Path(run_dir)), run=False)
+        loop = cli.trainer.build_loop(cli.model, cli.datamodule)
+        loop.run()
+        store = loop.runner.worker.store
+        return {
+            "global_state": state_digest(loop.global_state),
+            "global_keys": sorted(loop.global_state),
+            "personal": [state_digest(store.get(cid)) for cid in range(loop.num_clients)],
+            "strategy_tensors": state_digest(
+                {
+                    k.rsplit("/", 1)[-1] + f"#{i}": v
+                    for i, (k, v) in enumerate(sorted(flat_tensors(loop.strategy.state_dict()).items()))
+                }
+            ),
+            "history": history_digest(loop.history),
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help="config names (default: every configs/method/*.yaml)")
+    parser.add_argument("--write", action="store_true", help=f"write the digests to {REFERENCE.name}")
+    parser.add_argument("--check", action="store_true", help=f"compare with {REFERENCE.name}, one row per config")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    root = HERE.parents[1]
+    names = args.names or sorted(p.stem for p in (root / "configs/method").glob("*.yaml"))
+    digests = {}
+    reference = json.loads(REFERENCE.read_text())["configs"] if args.check else {}
+    for name in names:
+        digests[name] = fingerprint(name)
+        line = f"{name:28s} global {digests[name]['global_state'][:16]}  history {digests[name]['history'][:16]}"
+        if args.check:
+            fields = ("global_state", "global_keys", "personal", "history")
+            line += "  " + " ".join(
+                f"{field}={'same' if reference.get(name, {}).get(field) == digests[name][field] else 'DIFFERENT'}"
+                for field in fields
+            )
+        print(line, flush=True)
+    if args.write:
+        if args.names and REFERENCE.exists():  # some configs: the others keep their reference digests
+            digests = {**json.loads(REFERENCE.read_text())["configs"], **digests}
+        digests = dict(sorted(digests.items()))
+        REFERENCE.write_text(json.dumps({"environment": environment(), "configs": digests}, indent=1) + "\n")
+        print(f"wrote {REFERENCE}")
+
+
+if __name__ == "__main__":
+    main()
