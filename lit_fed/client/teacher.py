@@ -16,11 +16,8 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lit_fed.client.module import FederatedClient, OptimizerFactory, SchedulerFactory, StepOutput
+from lit_fed.client.module import FederatedClient, StepOutput
 from lit_fed.client.payloads import ClientUpdate, ServerMessage, StateDict
-from lit_fed.client.regularizers import Regularizer
-from lit_fed.client.schedule import LocalSchedule
-from lit_fed.client.split import ParameterSelector
 from lit_fed.metrics.fidelity import DistillationFidelity
 
 __all__ = ["FrozenModule", "GlobalTeacherClient", "TeacherSource"]
@@ -125,23 +122,11 @@ class GlobalTeacherClient(FederatedClient):
 
     Args:
         backbone: A model with timm's feature/head contract.
-        personal: Selectors of personal parameters.
-        regularizers: Extra parameter loss terms.
-        optimizer: Optimizer factory.
-        lr_scheduler: Optional per-epoch scheduler factory.
-        schedule: Optional phased local schedule.
+        **kwargs: FederatedClient's arguments (personal, regularizers, optimizer, lr_scheduler, schedule).
     """
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        personal: Sequence[ParameterSelector] = (),
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        schedule: LocalSchedule | None = None,
-    ) -> None:
-        super().__init__(backbone, personal, regularizers, optimizer, lr_scheduler, schedule)
+    def __init__(self, backbone: nn.Module, **kwargs: Any) -> None:
+        super().__init__(backbone, **kwargs)
         self.fidelity = DistillationFidelity()
         self._teacher: FrozenModule | None = None
         self._teacher_is_copy_of_source = False

@@ -18,10 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lit_fed.client.module import FederatedClient, OptimizerFactory, SchedulerFactory, StepOutput
+from lit_fed.client.module import FederatedClient, StepOutput
 from lit_fed.client.payloads import ServerMessage
-from lit_fed.client.regularizers import Regularizer
-from lit_fed.client.schedule import LocalSchedule
 from lit_fed.client.split import Modules, ParameterSelector
 
 __all__ = ["DittoClient"]
@@ -53,13 +51,12 @@ class DittoClient(FederatedClient):
 
     Args:
         backbone: The global model ``w`` (timm's feature/head contract); ``v`` starts as a copy of it.
-        personal: Extra personal selectors (``Modules(["personal_model"])`` is always added).
-        regularizers: Extra loss terms on the client (e.g. a proximal term on ``w``).
-        optimizer: Optimizer factory, applied to ``w`` and ``v`` together.
-        lr_scheduler: Optional per-epoch scheduler factory.
-        schedule: Optional phased local schedule.
         lam: The proximal coefficient λ of Eq. 2 (the paper tunes it per dataset; 0.1…1 is a sensible range).
             Default 0.1.
+        personal: Extra personal selectors (``Modules(["personal_model"])`` is always added).
+        **kwargs: FederatedClient's other arguments (regularizers, optimizer, lr_scheduler, schedule); the
+            regularizers act on the client (e.g. a proximal term on ``w``), the optimizer on ``w`` and ``v``
+            together.
 
     Raises:
         ValueError: ``lam`` is negative.
@@ -68,17 +65,14 @@ class DittoClient(FederatedClient):
     def __init__(
         self,
         backbone: nn.Module,
-        personal: Sequence[ParameterSelector] = (),
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        schedule: LocalSchedule | None = None,
         lam: float = 0.1,
+        personal: Sequence[ParameterSelector] = (),
+        **kwargs: Any,
     ) -> None:
         if lam < 0:
             raise ValueError(f"DittoClient: lam must be >= 0, got {lam}")
         selectors = [*personal, Modules(["personal_model"])]
-        super().__init__(backbone, selectors, regularizers, optimizer, lr_scheduler, schedule)
+        super().__init__(backbone, selectors, **kwargs)
         self.personal_model = copy.deepcopy(backbone)
         self.lam = lam
         self._anchors: list[Tensor] | None = None

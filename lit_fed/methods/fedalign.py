@@ -19,10 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lit_fed.client.module import FederatedClient, OptimizerFactory, SchedulerFactory, StepOutput
-from lit_fed.client.regularizers import Regularizer
-from lit_fed.client.schedule import LocalSchedule
-from lit_fed.client.split import ParameterSelector
+from lit_fed.client.module import FederatedClient, StepOutput
 from lit_fed.losses.lipschitz import lipschitz_constant, lipschitz_mse, scale_to_reference
 from lit_fed.models.cnn import FedAvgCNN, TinyCNN
 from lit_fed.models.resnet import BasicBlock
@@ -159,17 +156,13 @@ class FedAlignClient(FederatedClient):
 
     Args:
         backbone: A model with timm's feature/head contract.
-        personal: Selectors of personal parameters.
-        regularizers: Extra parameter loss terms.
-        optimizer: Optimizer factory.
-        lr_scheduler: Optional per-epoch scheduler factory.
-        schedule: Optional phased local schedule.
         mu: μ ≥ 0, the Lipschitz term's size relative to CE (0.45).
         width: ω ∈ (0, 1), the slice's width multiplier (0.25).
         stage: Module name(s) of the last stage, relative to the backbone; ``None`` → :func:`last_stage`.
         power_iterations: Power-iteration steps (10).
         divisor: Channel rounding of the slice (:func:`slim_channels`); the authors use 8, which equals 1 for the
             usual widths; 1 keeps small test models' slices at ω.
+        **kwargs: FederatedClient's arguments (personal, regularizers, optimizer, lr_scheduler, schedule).
 
     Raises:
         ValueError: bad hyper-parameters, an unknown stage, or a slice as wide as the stage.
@@ -179,16 +172,12 @@ class FedAlignClient(FederatedClient):
     def __init__(
         self,
         backbone: nn.Module,
-        personal: Sequence[ParameterSelector] = (),
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        schedule: LocalSchedule | None = None,
         mu: float = 0.45,
         width: float = 0.25,
         stage: str | Sequence[str] | None = None,
         power_iterations: int = 10,
         divisor: int = 1,
+        **kwargs: Any,
     ) -> None:
         if mu < 0:
             raise ValueError(f"FedAlignClient: mu must be >= 0, got {mu}")
@@ -198,7 +187,7 @@ class FedAlignClient(FederatedClient):
             raise ValueError(f"FedAlignClient: power_iterations must be >= 1, got {power_iterations}")
         if divisor < 1:
             raise ValueError(f"FedAlignClient: divisor must be >= 1, got {divisor}")
-        super().__init__(backbone, personal, regularizers, optimizer, lr_scheduler, schedule)
+        super().__init__(backbone, **kwargs)
         self.mu = mu
         self.width = width
         self.power_iterations = power_iterations

@@ -18,8 +18,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 from typing_extensions import override
 
-from lit_fed.client.module import FederatedClient, OptimizerFactory, SchedulerFactory
-from lit_fed.client.regularizers import Regularizer
+from lit_fed.client.module import FederatedClient
 from lit_fed.client.schedule import LocalSchedule, Phase
 from lit_fed.client.split import Head, ParameterSelector
 
@@ -46,15 +45,15 @@ class FedBABUClient(FederatedClient):
 
     Args:
         backbone: A model with timm's feature/head contract.
-        personal: Extra personal selectors (the head is always added).
-        regularizers: Extra loss terms (e.g. a proximal term on the body).
-        optimizer: Optimizer factory, used for local training and (freshly) for fine-tuning.
-        lr_scheduler: Optional per-epoch scheduler factory for local training.
-        schedule: Local schedule; default body-only for ``local_epochs`` (the paper's rule). A phase training
-            ``"personal"`` or ``"all"`` would break the frozen-head rule and is refused.
         finetune_epochs: Fine-tuning epochs before personalized evaluation. [design] default 1 (CPU-friendly;
             the paper fine-tunes for a few epochs). 0 disables fine-tuning.
         finetune: ``"all"`` fine-tunes the whole model (the paper) or ``"personal"`` the head only.
+        personal: Extra personal selectors (the head is always added).
+        schedule: Local schedule; default body-only for ``local_epochs`` (the paper's rule). A phase training
+            ``"personal"`` or ``"all"`` would break the frozen-head rule and is refused.
+        **kwargs: FederatedClient's other arguments (regularizers, optimizer, lr_scheduler); the regularizers act
+            on local training (e.g. a proximal term on the body), the optimizer is used for local training and
+            (freshly) for fine-tuning, the scheduler for local training only.
 
     Raises:
         ValueError: a bad ``finetune``/``finetune_epochs`` or a schedule that trains the head.
@@ -63,13 +62,11 @@ class FedBABUClient(FederatedClient):
     def __init__(
         self,
         backbone: nn.Module,
-        personal: Sequence[ParameterSelector] = (),
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        schedule: LocalSchedule | None = None,
         finetune_epochs: int = 1,
         finetune: str = "all",
+        personal: Sequence[ParameterSelector] = (),
+        schedule: LocalSchedule | None = None,
+        **kwargs: Any,
     ) -> None:
         if finetune not in FINETUNE_PARTS:
             raise ValueError(f"FedBABUClient: finetune must be one of {FINETUNE_PARTS}, got {finetune!r}")
@@ -84,7 +81,7 @@ class FedBABUClient(FederatedClient):
         selectors = list(personal)
         if not any(isinstance(s, Head) for s in selectors):
             selectors.append(Head())
-        super().__init__(backbone, selectors, regularizers, optimizer, lr_scheduler, schedule)
+        super().__init__(backbone, selectors, schedule=schedule, **kwargs)
         self.finetune_epochs = finetune_epochs
         self.finetune = finetune
 

@@ -52,11 +52,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lit_fed.client.module import FederatedClient, OptimizerFactory, SchedulerFactory, StepOutput
+from lit_fed.client.module import FederatedClient, StepOutput
 from lit_fed.client.payloads import ClientUpdate, ServerMessage, StateDict
-from lit_fed.client.regularizers import Regularizer
-from lit_fed.client.schedule import LocalSchedule
-from lit_fed.client.split import ParameterSelector
 from lit_fed.server.fedavg import FedAvg
 from lit_fed.server.strategy import ServerContext, ServerStep, Strategy
 
@@ -265,11 +262,6 @@ class FedDGClient(FederatedClient):
 
     Args:
         backbone: The model (timm's feature/head contract).
-        personal: Personal parameter selectors (FedDG itself shares everything).
-        regularizers: Extra parameter loss terms.
-        optimizer: Optimizer factory (default SGD lr 0.005).
-        lr_scheduler: Optional per-epoch scheduler factory.
-        schedule: Optional phased local schedule.
         beta: Relative half-size of the low-frequency square (``b = ⌊β · min(H, W)⌋``). [design] Default 0.1
             (b = 2, a 5×5 square, on 28×28 images); the official code uses 0.003 on 384×384 images (b = 1).
         amplitudes_per_client: How many images' amplitudes the client shares (when the server asks).
@@ -277,6 +269,8 @@ class FedDGClient(FederatedClient):
         inner_lr: The inner step size ``α``; ``None``: the optimizer's current learning rate.
         meta_weight: ``γ``, the weight of the meta-test (or augmentation) loss.
         first_order: Drop the second-order term of the episodic gradient.
+        **kwargs: FederatedClient's arguments (personal, regularizers, optimizer, lr_scheduler, schedule); FedDG
+            itself shares everything, and the optimizer defaults to SGD lr 0.005.
 
     Raises:
         ValueError: Invalid ``beta``, ``amplitudes_per_client``, ``inner_lr`` or ``meta_weight``.
@@ -285,17 +279,13 @@ class FedDGClient(FederatedClient):
     def __init__(
         self,
         backbone: nn.Module,
-        personal: Sequence[ParameterSelector] = (),
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        schedule: LocalSchedule | None = None,
         beta: float = 0.1,
         amplitudes_per_client: int = 32,
         episodic: bool = True,
         inner_lr: float | None = None,
         meta_weight: float = 1.0,
         first_order: bool = False,
+        **kwargs: Any,
     ) -> None:
         if amplitudes_per_client < 1:
             raise ValueError(f"FedDGClient: amplitudes_per_client must be >= 1, got {amplitudes_per_client}")
@@ -303,7 +293,7 @@ class FedDGClient(FederatedClient):
             raise ValueError(f"FedDGClient: inner_lr must be > 0 (or None), got {inner_lr}")
         if meta_weight < 0:
             raise ValueError(f"FedDGClient: meta_weight must be >= 0, got {meta_weight}")
-        super().__init__(backbone, personal, regularizers, optimizer, lr_scheduler, schedule)
+        super().__init__(backbone, **kwargs)
         self.amplitude_mix = AmplitudeMix(beta)
         self.beta = beta
         self.amplitudes_per_client = amplitudes_per_client

@@ -41,11 +41,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from typing_extensions import override
 
-from lit_fed.client.module import FederatedClient, OptimizerFactory, SchedulerFactory, StepOutput
+from lit_fed.client.module import FederatedClient, StepOutput
 from lit_fed.client.payloads import ClientUpdate, ServerMessage, StateDict
-from lit_fed.client.regularizers import Regularizer
-from lit_fed.client.schedule import LocalSchedule
-from lit_fed.client.split import ParameterSelector
 from lit_fed.client.teacher import FrozenModule
 from lit_fed.server.aggregation import Aggregator
 from lit_fed.server.fedavg import FedAvg
@@ -236,16 +233,12 @@ class FedGenClient(FederatedClient):
 
     Args:
         backbone: A model with timm's feature/head contract whose classifier takes the embedding.
-        personal: Selectors of personal parameters.
-        regularizers: Extra parameter loss terms.
-        optimizer: Optimizer factory.
-        lr_scheduler: Optional per-epoch scheduler factory.
-        schedule: Optional phased local schedule.
         alpha: ``α_0`` (10).
         beta: ``β_0`` (10; 1 for harder data).
         decay: Per-round decay of α and β (0.98).
         floor: Lower bound of α and β (1e-4).
         gen_batch_size: Number of ``ŷ`` per step (``None``: the batch size).
+        **kwargs: FederatedClient's arguments (personal, regularizers, optimizer, lr_scheduler, schedule).
 
     Raises:
         ValueError: negative weights or a bad decay/batch size.
@@ -254,16 +247,12 @@ class FedGenClient(FederatedClient):
     def __init__(
         self,
         backbone: nn.Module,
-        personal: Sequence[ParameterSelector] = (),
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        schedule: LocalSchedule | None = None,
         alpha: float = 10.0,
         beta: float = 10.0,
         decay: float = 0.98,
         floor: float = 1e-4,
         gen_batch_size: int | None = None,
+        **kwargs: Any,
     ) -> None:
         if alpha < 0 or beta < 0:
             raise ValueError(f"FedGenClient: alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
@@ -271,7 +260,7 @@ class FedGenClient(FederatedClient):
             raise ValueError(f"FedGenClient: decay must be in (0, 1], got {decay}")
         if gen_batch_size is not None and gen_batch_size < 1:
             raise ValueError(f"FedGenClient: gen_batch_size must be >= 1 or None, got {gen_batch_size}")
-        super().__init__(backbone, personal, regularizers, optimizer, lr_scheduler, schedule)
+        super().__init__(backbone, **kwargs)
         if self.num_classes < 2:
             raise ValueError(f"FedGenClient: needs a classifier with >= 2 classes, got {self.num_classes}")
         self.alpha = alpha

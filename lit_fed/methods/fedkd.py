@@ -36,10 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lit_fed.client.module import FederatedClient, OptimizerFactory, SchedulerFactory, StepOutput
+from lit_fed.client.module import FederatedClient, StepOutput
 from lit_fed.client.payloads import ClientUpdate, ServerMessage
-from lit_fed.client.regularizers import Regularizer
-from lit_fed.client.schedule import LocalSchedule
 from lit_fed.client.split import Modules, ParameterSelector
 from lit_fed.compression import SVD, CompressDownload, CompressUpload
 from lit_fed.loop.callbacks import LoopCallback
@@ -158,10 +156,8 @@ class FedKDClient(FederatedClient):
         hidden_loss: Add the hidden-state MSE term.
         detach_targets: Detach each KL term's target distribution (see :func:`fedkd_loss`).
         personal: Extra personal selectors (the mentor and the projection are always personal).
-        regularizers: Extra parameter loss terms.
-        optimizer: Optimizer factory (one optimizer over mentor, mentee and projection).
-        lr_scheduler: Optional per-epoch scheduler factory.
-        schedule: Optional phased local schedule.
+        **kwargs: FederatedClient's other arguments (regularizers, optimizer, lr_scheduler, schedule); one
+            optimizer over mentor, mentee and projection.
 
     Raises:
         ValueError: mentor and mentee disagree on the number of classes.
@@ -175,13 +171,10 @@ class FedKDClient(FederatedClient):
         hidden_loss: bool = True,
         detach_targets: bool = True,
         personal: Sequence[ParameterSelector] = (),
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        schedule: LocalSchedule | None = None,
+        **kwargs: Any,
     ) -> None:
         selectors = [Modules(["backbone", "hidden_projection"]), *personal]
-        super().__init__(backbone, selectors, regularizers, optimizer, lr_scheduler, schedule)
+        super().__init__(backbone, selectors, **kwargs)
         if mentee is None:
             mentee = TinyCNN(_in_channels(backbone), self.num_classes, width=mentee_width)
         for attr in ("forward_features", "forward_head", "get_classifier"):

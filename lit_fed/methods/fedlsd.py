@@ -8,15 +8,12 @@ over *all* classes (FedNTD later restricted the KL to the not-true classes). The
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lit_fed.client.module import OptimizerFactory, SchedulerFactory, StepOutput
-from lit_fed.client.regularizers import Regularizer
-from lit_fed.client.schedule import LocalSchedule
-from lit_fed.client.split import ParameterSelector
+from lit_fed.client.module import StepOutput
 from lit_fed.client.teacher import GlobalTeacherClient
 from lit_fed.losses.distillation import self_distillation_kl
 
@@ -38,13 +35,9 @@ class FedLSDClient(GlobalTeacherClient):
 
     Args:
         backbone: A model with timm's feature/head contract.
-        personal: Selectors of personal parameters.
-        regularizers: Extra parameter loss terms.
-        optimizer: Optimizer factory.
-        lr_scheduler: Optional per-epoch scheduler factory.
-        schedule: Optional phased local schedule.
         tau: Softmax temperature τ > 0.
         beta: Distillation weight β ∈ [0, 1]; CE is weighted ``1 − β``.
+        **kwargs: FederatedClient's arguments (personal, regularizers, optimizer, lr_scheduler, schedule).
 
     Raises:
         ValueError: ``tau <= 0`` or ``beta`` outside ``[0, 1]``.
@@ -53,19 +46,15 @@ class FedLSDClient(GlobalTeacherClient):
     def __init__(
         self,
         backbone: nn.Module,
-        personal: Sequence[ParameterSelector] = (),
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        schedule: LocalSchedule | None = None,
         tau: float = 1.0,
         beta: float = 0.3,
+        **kwargs: Any,
     ) -> None:
         if tau <= 0:
             raise ValueError(f"FedLSDClient: tau must be > 0, got {tau}")
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"FedLSDClient: beta must be in [0, 1], got {beta}")
-        super().__init__(backbone, personal, regularizers, optimizer, lr_scheduler, schedule)
+        super().__init__(backbone, **kwargs)
         self.tau = tau
         self.beta = beta
 

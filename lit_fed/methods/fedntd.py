@@ -11,15 +11,12 @@ The teacher's life cycle is :class:`lit_fed.client.teacher.GlobalTeacherClient`'
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lit_fed.client.module import OptimizerFactory, SchedulerFactory, StepOutput
-from lit_fed.client.regularizers import Regularizer
-from lit_fed.client.schedule import LocalSchedule
-from lit_fed.client.split import ParameterSelector
+from lit_fed.client.module import StepOutput
 from lit_fed.client.teacher import GlobalTeacherClient
 from lit_fed.losses.distillation import not_true_kl
 
@@ -37,13 +34,10 @@ class FedNTDClient(GlobalTeacherClient):
 
     Args:
         backbone: A model with timm's feature/head contract.
-        personal: Selectors of personal parameters (empty for the paper's FedAvg setting).
-        regularizers: Extra parameter loss terms.
-        optimizer: Optimizer factory.
-        lr_scheduler: Optional per-epoch scheduler factory.
-        schedule: Optional phased local schedule.
         tau: Softmax temperature τ > 0.
         beta: Weight β ≥ 0 of the not-true term.
+        **kwargs: FederatedClient's arguments (personal, regularizers, optimizer, lr_scheduler, schedule); no
+            personal parameters in the paper's FedAvg setting.
 
     Raises:
         ValueError: ``tau <= 0`` or ``beta < 0``, or fewer than two classes.
@@ -52,19 +46,15 @@ class FedNTDClient(GlobalTeacherClient):
     def __init__(
         self,
         backbone: nn.Module,
-        personal: Sequence[ParameterSelector] = (),
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        schedule: LocalSchedule | None = None,
         tau: float = 1.0,
         beta: float = 1.0,
+        **kwargs: Any,
     ) -> None:
         if tau <= 0:
             raise ValueError(f"FedNTDClient: tau must be > 0, got {tau}")
         if beta < 0:
             raise ValueError(f"FedNTDClient: beta must be >= 0, got {beta}")
-        super().__init__(backbone, personal, regularizers, optimizer, lr_scheduler, schedule)
+        super().__init__(backbone, **kwargs)
         if self.num_classes < 2:
             raise ValueError(f"FedNTDClient: not-true distillation needs >= 2 classes, got {self.num_classes}")
         self.tau = tau

@@ -29,14 +29,11 @@ FedTP applies to text with the same body: see :mod:`lit_fed.data.shakespeare` an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 from typing_extensions import override
 
-from lit_fed.client.module import OptimizerFactory, SchedulerFactory
-from lit_fed.client.regularizers import Regularizer
-from lit_fed.client.schedule import LocalSchedule
 from lit_fed.client.split import ParameterSelector
 from lit_fed.methods.pfedhn import HypernetworkClient, HypernetworkStrategy
 from lit_fed.models.vit import Attention
@@ -141,28 +138,10 @@ class FedTPClient(HypernetworkClient):
     Args:
         backbone: A transformer whose attention blocks have a fused ``qkv`` projection
             (:class:`~lit_fed.models.vit.ViT`, :class:`~lit_fed.models.vit.CharTransformer`, a timm ViT).
-        personal: Extra private selectors.
-        regularizers: Parameter loss terms.
-        optimizer: Local optimizer factory (FedTP: SGD lr 0.01, momentum 0.9, weight decay 1e-5).
-        lr_scheduler: Optional per-epoch scheduler factory.
-        schedule: Optional phased local schedule.
+        **kwargs: FederatedClient's arguments (personal, regularizers, optimizer, lr_scheduler, schedule);
+            ``personal`` selects extra private layers. FedTP's local optimizer: SGD lr 0.01, momentum 0.9, weight
+            decay 1e-5.
     """
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        personal: Sequence[ParameterSelector] = (),
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        schedule: LocalSchedule | None = None,
-    ) -> None:
-        super().__init__(
-            backbone,
-            generated=[QKV()],
-            personal=personal,
-            regularizers=regularizers,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            schedule=schedule,
-        )
+    def __init__(self, backbone: nn.Module, **kwargs: Any) -> None:
+        super().__init__(backbone, generated=[QKV()], **kwargs)

@@ -23,9 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lit_fed.client.module import FederatedClient, OptimizerFactory, SchedulerFactory, StepOutput
-from lit_fed.client.regularizers import Regularizer
-from lit_fed.client.schedule import LocalSchedule
+from lit_fed.client.module import FederatedClient, StepOutput
 from lit_fed.client.split import Modules, ParameterSelector
 from lit_fed.methods.fedloge.client import dataloader_label_counts
 from lit_fed.methods.fedloge.etf import simplex_etf
@@ -64,12 +62,10 @@ class FedRoDClient(FederatedClient):
 
     Args:
         backbone: A model with timm's feature/head contract whose classifier is a ``nn.Linear``.
-        personal: Extra personal selectors (``personal_head`` is always personal).
-        regularizers: Extra loss terms.
-        optimizer: Optimizer factory (default SGD lr 0.005, the library default).
-        lr_scheduler: Optional per-epoch scheduler factory.
-        schedule: Optional phased local schedule.
         balanced: Balanced softmax (FedRoD's BSM variant) or plain CE for the generic head.
+        personal: Extra personal selectors (``personal_head`` is always personal).
+        **kwargs: FederatedClient's other arguments (regularizers, optimizer, lr_scheduler, schedule); the
+            optimizer defaults to SGD lr 0.005 (the library default).
 
     Raises:
         TypeError: the backbone's classifier is not a ``nn.Linear``.
@@ -78,16 +74,11 @@ class FedRoDClient(FederatedClient):
     def __init__(
         self,
         backbone: nn.Module,
-        personal: Sequence[ParameterSelector] = (),
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        schedule: LocalSchedule | None = None,
         balanced: bool = True,
+        personal: Sequence[ParameterSelector] = (),
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            backbone, [*personal, Modules(["personal_head"])], regularizers, optimizer, lr_scheduler, schedule
-        )
+        super().__init__(backbone, [*personal, Modules(["personal_head"])], **kwargs)
         head = backbone.get_classifier()
         if not isinstance(head, nn.Linear):
             raise TypeError(f"FedRoDClient: the backbone's classifier must be a nn.Linear, got {type(head).__name__}")
@@ -176,16 +167,13 @@ class FedETFClient(FederatedClient):
 
     Args:
         backbone: A model with timm's feature/head contract (its classifier gives ``C``).
-        personal: Personal selectors (none by default).
-        regularizers: Extra loss terms.
-        optimizer: Optimizer factory (default SGD lr 0.005, the library default).
-        lr_scheduler: Optional per-epoch scheduler factory.
-        schedule: Optional phased local schedule.
         projection_dim: ``d_p``; default the backbone's embedding size. 0 disables the projection (the ETF then
             lives in the embedding space). Must be ``>= C``.
         temperature: Initial (or fixed) τ. [code] 10.0 for FedETF's CNNs (1.0 for its ResNets).
         learn_temperature: Learn τ (shared, FedAvg) or keep it fixed.
         etf_seed: Seed of the ETF.
+        **kwargs: FederatedClient's arguments (personal, regularizers, optimizer, lr_scheduler, schedule); no
+            personal selectors by default, and the optimizer defaults to SGD lr 0.005 (the library default).
     """
 
     etf: Tensor
@@ -193,17 +181,13 @@ class FedETFClient(FederatedClient):
     def __init__(
         self,
         backbone: nn.Module,
-        personal: Sequence[ParameterSelector] = (),
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        schedule: LocalSchedule | None = None,
         projection_dim: int | None = None,
         temperature: float = 10.0,
         learn_temperature: bool = True,
         etf_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, personal, regularizers, optimizer, lr_scheduler, schedule)
+        super().__init__(backbone, **kwargs)
         head = backbone.get_classifier()
         num_classes = self.num_classes
         feature_dim = int(getattr(head, "in_features", getattr(backbone, "num_features", 0)))

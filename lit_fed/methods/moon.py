@@ -9,17 +9,14 @@ previous model's ``z_prev``. The server is FedAvg.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lit_fed.client.module import FederatedClient, OptimizerFactory, SchedulerFactory, StepOutput
+from lit_fed.client.module import FederatedClient, StepOutput
 from lit_fed.client.payloads import ServerMessage, StateDict
-from lit_fed.client.regularizers import Regularizer
-from lit_fed.client.schedule import LocalSchedule
-from lit_fed.client.split import ParameterSelector
 from lit_fed.client.teacher import FrozenModule, load_client_keys
 from lit_fed.losses.contrastive import moon_contrastive
 
@@ -74,14 +71,10 @@ class MOONClient(FederatedClient):
 
     Args:
         backbone: A model with timm's feature/head contract and ``reset_classifier``; its classifier is removed.
-        personal: Selectors of personal parameters.
-        regularizers: Extra parameter loss terms.
-        optimizer: Optimizer factory.
-        lr_scheduler: Optional per-epoch scheduler factory.
-        schedule: Optional phased local schedule.
         mu: Weight μ ≥ 0 of ``ℓ_con``.
         tau: Temperature τ > 0.
         projection_dim: Output size of the projection head (the classifier's input).
+        **kwargs: FederatedClient's arguments (personal, regularizers, optimizer, lr_scheduler, schedule).
 
     Raises:
         ValueError: bad ``mu``/``tau``/``projection_dim`` or a backbone without a usable embedding size.
@@ -90,14 +83,10 @@ class MOONClient(FederatedClient):
     def __init__(
         self,
         backbone: nn.Module,
-        personal: Sequence[ParameterSelector] = (),
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        schedule: LocalSchedule | None = None,
         mu: float = 1.0,
         tau: float = 0.5,
         projection_dim: int = 256,
+        **kwargs: Any,
     ) -> None:
         if mu < 0:
             raise ValueError(f"MOONClient: mu must be >= 0, got {mu}")
@@ -105,7 +94,7 @@ class MOONClient(FederatedClient):
             raise ValueError(f"MOONClient: tau must be > 0, got {tau}")
         if projection_dim < 1:
             raise ValueError(f"MOONClient: projection_dim must be >= 1, got {projection_dim}")
-        super().__init__(backbone, personal, regularizers, optimizer, lr_scheduler, schedule)
+        super().__init__(backbone, **kwargs)
         width = getattr(backbone, "num_features", None) or getattr(backbone.get_classifier(), "in_features", None)
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"MOONClient: cannot tell the embedding size of {type(backbone).__name__}")

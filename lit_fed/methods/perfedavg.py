@@ -17,10 +17,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lit_fed.client.module import FederatedClient, OptimizerFactory, SchedulerFactory
-from lit_fed.client.regularizers import Regularizer
-from lit_fed.client.schedule import LocalSchedule
-from lit_fed.client.split import ParameterSelector
+from lit_fed.client.module import FederatedClient
 
 __all__ = ["PerFedAvgClient"]
 
@@ -62,18 +59,17 @@ class PerFedAvgClient(FederatedClient):
 
     Args:
         backbone: A model with timm's feature/head contract.
-        personal: Personal selectors (none in the paper: everything is shared).
-        regularizers: Extra loss terms, added to every loss the meta-step differentiates.
-        optimizer: Factory of the outer (meta) optimizer; SGD by default. Its learning rate is replaced by
-            ``beta``.
-        lr_scheduler: Optional per-epoch scheduler factory of the meta optimizer.
-        schedule: Optional phased local schedule (only trainable parameters take part in a meta-step).
         variant: ``"fo"`` (first order) or ``"hf"`` (Hessian-free).
         alpha: Inner (adaptation) step size α. ``None`` takes the learning rate of the client's optimizer
             factory (0.005 without one): [design] as PFLlib, whose Per-FedAvg uses the client learning rate
             (0.005) as α.
         beta: Outer (meta) step size β; [design] 0.001 as PFLlib's Per-FedAvg runs (``-bt 0.001``).
         delta: Finite-difference step δ of the HF variant (Eq. 10). Default 1e-3.
+        **kwargs: FederatedClient's arguments (personal, regularizers, optimizer, lr_scheduler, schedule): no
+            personal selectors in the paper (everything is shared); the regularizers' terms are added to every loss
+            the meta-step differentiates; ``optimizer`` is the factory of the outer (meta) optimizer, SGD by
+            default, whose learning rate is replaced by ``beta``; ``lr_scheduler`` steps the meta optimizer; only
+            the parameters a ``schedule`` phase trains take part in a meta-step.
 
     Raises:
         ValueError: an unknown variant or a non-positive step size.
@@ -82,22 +78,18 @@ class PerFedAvgClient(FederatedClient):
     def __init__(
         self,
         backbone: nn.Module,
-        personal: Sequence[ParameterSelector] = (),
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        schedule: LocalSchedule | None = None,
         variant: str = "fo",
         alpha: float | None = None,
         beta: float = 0.001,
         delta: float = 1e-3,
+        **kwargs: Any,
     ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"PerFedAvgClient: variant must be one of {VARIANTS}, got {variant!r}")
         for name, value in (("alpha", alpha), ("beta", beta), ("delta", delta)):
             if value is not None and value <= 0:
                 raise ValueError(f"PerFedAvgClient: {name} must be > 0, got {value}")
-        super().__init__(backbone, personal, regularizers, optimizer, lr_scheduler, schedule)
+        super().__init__(backbone, **kwargs)
         self.automatic_optimization = False
         self.variant = variant
         self._alpha = alpha

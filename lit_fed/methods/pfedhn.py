@@ -60,10 +60,8 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lit_fed.client.module import FederatedClient, OptimizerFactory, SchedulerFactory
+from lit_fed.client.module import FederatedClient
 from lit_fed.client.payloads import ClientUpdate, ServerMessage, StateDict
-from lit_fed.client.regularizers import Regularizer
-from lit_fed.client.schedule import LocalSchedule
 from lit_fed.client.split import Head, Modules, ParameterSelector
 from lit_fed.server.aggregation import Aggregator
 from lit_fed.server.fedavg import FedAvg
@@ -511,10 +509,7 @@ class HypernetworkClient(FederatedClient):
             ``None`` means the whole backbone (pFedHN).
         personal: Selectors of private, never-generated layers kept in the client-state store (pFedHN-PC's
             head); they take precedence over ``generated``.
-        regularizers: Parameter loss terms.
-        optimizer: Local optimizer factory.
-        lr_scheduler: Optional per-epoch scheduler factory.
-        schedule: Optional phased local schedule.
+        **kwargs: FederatedClient's other arguments (regularizers, optimizer, lr_scheduler, schedule).
     """
 
     def __init__(
@@ -522,13 +517,10 @@ class HypernetworkClient(FederatedClient):
         backbone: nn.Module,
         generated: Sequence[ParameterSelector] | None = None,
         personal: Sequence[ParameterSelector] = (),
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        schedule: LocalSchedule | None = None,
+        **kwargs: Any,
     ) -> None:
         selectors = [Modules(["backbone"])] if generated is None else list(generated)
-        super().__init__(backbone, [*selectors, *personal], regularizers, optimizer, lr_scheduler, schedule)
+        super().__init__(backbone, [*selectors, *personal], **kwargs)
         self.generated_selectors = selectors
         self.private_selectors = list(personal)
         self._generated_keys: list[str] | None = None
@@ -669,29 +661,19 @@ class PFedHNClient(HypernetworkClient):
     Args:
         backbone: The target network (e.g. :class:`~lit_fed.models.FedAvgCNN`).
         private_head: pFedHN-PC's personal classifier.
-        regularizers: Parameter loss terms.
-        optimizer: Local optimizer factory (pFedHN: SGD lr 5e-3, momentum 0.9, weight decay 5e-5).
-        lr_scheduler: Optional per-epoch scheduler factory.
-        schedule: Optional phased local schedule.
+        **kwargs: FederatedClient's other arguments (regularizers, optimizer, lr_scheduler, schedule); the
+            personal part is fixed by ``private_head``. pFedHN's local optimizer: SGD lr 5e-3, momentum 0.9, weight
+            decay 5e-5.
     """
 
     def __init__(
         self,
         backbone: nn.Module,
         private_head: bool = False,
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        schedule: LocalSchedule | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
-            backbone,
-            generated=[Modules(["backbone"])],
-            personal=[Head()] if private_head else [],
-            regularizers=regularizers,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            schedule=schedule,
+            backbone, generated=[Modules(["backbone"])], personal=[Head()] if private_head else [], **kwargs
         )
         self.private_head = private_head
 

@@ -23,16 +23,15 @@ from the class token). Prompts are initialized ``U(−a, a)`` with ``a = √(6 /
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from typing import Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lit_fed.client.module import FederatedClient, OptimizerFactory, SchedulerFactory
+from lit_fed.client.module import FederatedClient
 from lit_fed.client.payloads import ClientUpdate
-from lit_fed.client.regularizers import Regularizer
 from lit_fed.client.split import Head
 from lit_fed.models.timm_backbone import TimmBackbone
 
@@ -71,12 +70,11 @@ class PromptTuningClient(FederatedClient):
         head: ``"shared"`` (trained and communicated with the prompts), ``"personal"`` (trained, kept locally) or
             ``"frozen"`` (only the prompts train).
         prompt_dropout: Dropout on the prompt tokens (VPT uses 0.1 on some datasets).
-        regularizers: Parameter loss terms (on the shared part).
-        optimizer: Optimizer factory over the trainable parameters.
-        lr_scheduler: Optional per-epoch scheduler factory.
+        **kwargs: FederatedClient's arguments but ``personal`` and ``schedule``, which ``head`` fixes
+            (regularizers on the shared part, an optimizer factory over the trainable parameters, lr_scheduler).
 
     Raises:
-        TypeError: the backbone is not a supported ViT.
+        TypeError: the backbone is not a supported ViT, or ``personal``/``schedule`` is given.
         ValueError: ``num_prompts < 1`` or an unknown ``head`` mode.
     """
 
@@ -86,16 +84,20 @@ class PromptTuningClient(FederatedClient):
         num_prompts: int = 10,
         head: Literal["shared", "personal", "frozen"] = "shared",
         prompt_dropout: float = 0.0,
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
+        **kwargs: Any,
     ) -> None:
+        for fixed in ("personal", "schedule"):
+            if fixed in kwargs:
+                raise TypeError(
+                    f"PromptTuningClient.__init__() got an unexpected keyword argument '{fixed}' (head fixes what is "
+                    "trained, sent and kept locally)"
+                )
         if num_prompts < 1:
             raise ValueError(f"PromptTuningClient: num_prompts must be >= 1, got {num_prompts}")
         if head not in ("shared", "personal", "frozen"):
             raise ValueError(f"PromptTuningClient: head must be 'shared', 'personal' or 'frozen', got {head!r}")
         vit = _vit_of(backbone)
-        super().__init__(backbone, (), regularizers, optimizer, lr_scheduler, None)
+        super().__init__(backbone, personal=(), schedule=None, **kwargs)
         self.head_mode = head
         self.num_prompts = num_prompts
         dim = int(vit.embed_dim)

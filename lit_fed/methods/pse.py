@@ -42,9 +42,7 @@ from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 from typing_extensions import override
 
-from lit_fed.client.module import FederatedClient, OptimizerFactory, SchedulerFactory, StepOutput
-from lit_fed.client.regularizers import Regularizer
-from lit_fed.client.schedule import LocalSchedule
+from lit_fed.client.module import FederatedClient, StepOutput
 from lit_fed.client.split import Modules, ParameterSelector
 from lit_fed.models.cnn import FedAvgCNN
 
@@ -349,11 +347,6 @@ class PSEClient(FederatedClient):
     Args:
         backbone: The global model (a conv net with timm's feature/head contract: FedAvgCNN, TinyCNN, CifarResNet,
             timm CNNs).
-        personal: Extra personal selectors (the PSE modules are always personal).
-        regularizers: Extra loss terms (e.g. a proximal term on the global copy).
-        optimizer: Optimizer factory, applied to all trainable parameters of both models (one optimizer).
-        lr_scheduler: Optional per-epoch scheduler factory.
-        schedule: Optional phased local schedule.
         attention: Use the cross-model attention; off, the personal classifier reads the pooled ``H_k`` directly
             (ablation "attention off").
         excitation: Track gradient scores and excite; off, neither (ablation "excitation off").
@@ -367,6 +360,9 @@ class PSEClient(FederatedClient):
         num_heads: Attention heads; 4. Must divide the feature channels.
         aux_weight: Weight of the auxiliary CE; 0.5.
         attention_dropout: Dropout inside the attention; 0.
+        personal: Extra personal selectors (the PSE modules are always personal).
+        **kwargs: FederatedClient's other arguments (regularizers, optimizer, lr_scheduler, schedule); e.g. a
+            proximal term on the global copy; one optimizer over all trainable parameters of both models.
 
     Raises:
         ValueError: an option is out of range, a stage name is unknown, or the classifier has no outputs.
@@ -376,11 +372,6 @@ class PSEClient(FederatedClient):
     def __init__(
         self,
         backbone: nn.Module,
-        personal: Sequence[ParameterSelector] = (),
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        schedule: LocalSchedule | None = None,
         attention: bool = True,
         excitation: bool = True,
         score: ScoreMode = "absolute",
@@ -391,6 +382,8 @@ class PSEClient(FederatedClient):
         num_heads: int = 4,
         aux_weight: float = 0.5,
         attention_dropout: float = 0.0,
+        personal: Sequence[ParameterSelector] = (),
+        **kwargs: Any,
     ) -> None:
         if score not in SCORE_MODES:
             raise ValueError(f"PSEClient: score must be one of {SCORE_MODES}, got {score!r}")
@@ -405,7 +398,7 @@ class PSEClient(FederatedClient):
         names = ["personal_model", "personal_head", "aux_head"]
         names += ["cross_attention"] if attention else []
         names += ["excitation_scores"] if excitation else []
-        super().__init__(backbone, [*personal, Modules(names)], regularizers, optimizer, lr_scheduler, schedule)
+        super().__init__(backbone, [*personal, Modules(names)], **kwargs)
         if self.num_classes < 1:
             raise ValueError("PSEClient: the backbone's classifier has no outputs (num_classes 0)")
         self.adapter = adapter

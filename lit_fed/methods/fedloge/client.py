@@ -16,9 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lit_fed.client.module import FederatedClient, OptimizerFactory, SchedulerFactory, StepOutput
-from lit_fed.client.regularizers import Regularizer
-from lit_fed.client.schedule import LocalSchedule
+from lit_fed.client.module import FederatedClient, OptimizerFactory, StepOutput
 from lit_fed.client.split import Modules, ParameterSelector
 from lit_fed.methods.fedloge.etf import cached_sse_classifier, check_sse_arguments
 from lit_fed.methods.fedloge.realignment import GLOBAL_SCALE, global_realign, mask_absent_classes, norm_transfer
@@ -127,12 +125,6 @@ class FedLoGeClient(FederatedClient):
 
     Args:
         backbone: A model with timm's feature/head contract whose classifier is a ``nn.Linear`` (it becomes ψ).
-        personal: Extra personal selectors (``local_head`` and ``label_stats`` are always personal; ψ must stay
-            shared).
-        regularizers: Extra loss terms (e.g. a proximal term).
-        optimizer: Optimizer factory; default :func:`fedloge_sgd` (SGD lr 0.03, momentum 0.5).
-        lr_scheduler: Optional per-epoch scheduler factory.
-        schedule: Optional phased local schedule.
         use_sse: Train the backbone through SSE-C (FedLoGe) or through ψ ("no SSE-C" ablation).
         sparsity: SSE-C's fraction of zero entries (0.6).
         sse_steps: Adam steps refining SSE-C (10k in the official code; construction is memoized per process).
@@ -150,6 +142,11 @@ class FedLoGeClient(FederatedClient):
             ``−inf`` ([code] the official ``localtest`` masks them; here explicit and off by default). A client with
             no recorded counts (never trained) is not masked.
         global_classifier: ``"aux"`` (ψ / ψ̂, default) or ``"sse"`` (SSE-C) for :meth:`global_logits`.
+        personal: Extra personal selectors (``local_head`` and ``label_stats`` are always personal; ψ must stay
+            shared).
+        optimizer: Optimizer factory; default :func:`fedloge_sgd` (SGD lr 0.03, momentum 0.5).
+        **kwargs: FederatedClient's other arguments (regularizers, lr_scheduler, schedule); the regularizers are
+            extra loss terms (e.g. a proximal term).
 
     Raises:
         TypeError: the backbone's classifier is not a ``nn.Linear``.
@@ -159,11 +156,6 @@ class FedLoGeClient(FederatedClient):
     def __init__(
         self,
         backbone: nn.Module,
-        personal: Sequence[ParameterSelector] = (),
-        regularizers: Sequence[Regularizer] = (),
-        optimizer: OptimizerFactory | None = None,
-        lr_scheduler: SchedulerFactory | None = None,
-        schedule: LocalSchedule | None = None,
         use_sse: bool = True,
         sparsity: float = 0.6,
         sse_steps: int = 10_000,
@@ -175,6 +167,9 @@ class FedLoGeClient(FederatedClient):
         normalize_transfer: bool = True,
         mask_absent_classes: bool = False,
         global_classifier: str = "aux",
+        personal: Sequence[ParameterSelector] = (),
+        optimizer: OptimizerFactory | None = None,
+        **kwargs: Any,
     ) -> None:
         if global_classifier not in GLOBAL_CLASSIFIERS:
             raise ValueError(f"FedLoGeClient: global_classifier must be one of {GLOBAL_CLASSIFIERS}")
@@ -183,7 +178,7 @@ class FedLoGeClient(FederatedClient):
         if global_scale <= 0:
             raise ValueError(f"FedLoGeClient: global_scale must be > 0, got {global_scale}")
         selectors = [*personal, Modules(["local_head", "label_stats"])]
-        super().__init__(backbone, selectors, regularizers, optimizer or fedloge_sgd, lr_scheduler, schedule)
+        super().__init__(backbone, selectors, optimizer=optimizer or fedloge_sgd, **kwargs)
         aux = backbone.get_classifier()
         if not isinstance(aux, nn.Linear):
             raise TypeError(
