@@ -10,19 +10,51 @@ Examples:
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
 from lit_fed.client.module import FederatedClient
 from lit_fed.data.datamodule import FederatedDataModule
-from lit_fed.trainer import FederatedTrainer
+from lit_fed.loop.callbacks import LoopCallback
+from lit_fed.trainer import FederatedTrainer, RunInterrupted
+
+if TYPE_CHECKING:
+    from lit_fed.loop.federated_loop import FederatedLoop
+
+DEBUG_ENV = "LIT_FED_DEBUG"
+"""Set to ``1`` (or pass ``--debug``) for full tracebacks instead of one-line errors."""
+
+
+class SaveConfig(LoopCallback):
+    """Writes the run's resolved config once the run has started training (after the run-directory lock).
+
+    A fresh run writes ``config.yaml``; a resumed run keeps the original and writes its own next to it
+    (``config.resumed_at_round_<r>.yaml``, ``r`` the first round it runs, 1-based).
+    """
+
+    def __init__(self, cli: FederatedCLI) -> None:
+        self.cli = cli
+
+    @override
+    def on_run_start(self, loop: FederatedLoop, start_round: int) -> None:
+        name = "config.yaml" if start_round == 0 else f"config.resumed_at_round_{start_round + 1}.yaml"
+        parser = self.cli._parser(self.cli.subcommand)
+        parser.save(self.cli.config[self.cli.subcommand], loop.run_dir / name, skip_none=False, overwrite=True)
 
 
 class FederatedCLI(LightningCLI):
-    """LightningCLI with one seed for partitions, sampling and local training."""
+    """LightningCLI with one seed for partitions, sampling and local training; ``fit``, ``validate``, ``test``."""
+
+    @staticmethod
+    @override
+    def subcommands() -> dict[str, set[str]]:
+        """``fit``, ``validate`` and ``test`` (a round checkpoint holds many personalized models: no ``predict``)."""
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "predict"}
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -30,11 +62,8 @@ class FederatedCLI(LightningCLI):
         parser.link_arguments("seed_everything", "data.init_args.seed")
 
     def before_fit(self) -> None:
-        """Saves the full resolved config as ``<run_dir>/config.yaml`` (the federated fit has no Lightning hooks)."""
-        run_dir = Path(self.trainer.settings.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        parser = self._parser(self.subcommand)
-        parser.save(self.config[self.subcommand], run_dir / "config.yaml", skip_none=False, overwrite=True)
+        """The run writes its resolved config when it starts training (:class:`SaveConfig`)."""
+        self.trainer.report_callbacks = [SaveConfig(self)]
 
 
 def build_cli(args: Any = None, run: bool = True) -> FederatedCLI:
@@ -53,9 +82,55 @@ def build_cli(args: Any = None, run: bool = True) -> FederatedCLI:
     )
 
 
-def main() -> None:
-    """Entry point of the ``lit-fed`` command."""
-    build_cli()
+def _resume_command(argv: list[str], checkpoint: Path) -> str:
+    """``lit-fed <argv> --ckpt_path <checkpoint>``, with any ``--ckpt_path`` of ``argv`` replaced."""
+    import shlex
+
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        elif not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    return shlex.join(["lit-fed", *kept, "--ckpt_path", str(checkpoint)])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``lit-fed`` command: one-line errors (``--debug`` or ``LIT_FED_DEBUG=1`` for tracebacks).
+
+    Ctrl-C during a run stops it with the last complete round, its checkpoint and the command that resumes it.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    try:
+        build_cli(args=args)
+    except RunInterrupted as stop:
+        if stop.checkpoint is None:
+            print(
+                f"lit-fed: interrupted during round {stop.round + 1}; no round checkpoint was written yet",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"lit-fed: interrupted during round {stop.round + 1}; round {stop.completed} is complete, its "
+                f"checkpoint is {stop.checkpoint}. Resume with: {_resume_command(args, stop.checkpoint)}",
+                file=sys.stderr,
+            )
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("lit-fed: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as error:
+        if debug:
+            raise
+        message = str(error).strip() or type(error).__name__
+        print(f"lit-fed: error: {message}", file=sys.stderr)
+        print(f"(run with --debug or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

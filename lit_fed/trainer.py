@@ -20,6 +20,7 @@ from rich.console import Console
 from lit_fed.loop.asynchronous import Asynchronous
 from lit_fed.loop.backend import Backend, BackendName, resolve_backend
 from lit_fed.loop.callbacks import LoopCallback
+from lit_fed.loop.checkpoint import load_checkpoint
 from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
 from lit_fed.loop.settings import FederationSettings
 from lit_fed.loop.state_store import ClientStateStore
@@ -31,6 +32,20 @@ _TRAINER_DEFAULTS = {
     if p.default is not inspect.Parameter.empty
 }
 _OUTER_ONLY = ("logger", "default_root_dir")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A federated run stopped by Ctrl-C (SIGINT), with where it stopped.
+
+    Attributes:
+        round: The 0-based round that was running.
+        completed: How many rounds are complete in the newest checkpoint.
+        checkpoint: That checkpoint (``None``: none written yet).
+    """
+
+    def __init__(self, round: int, completed: int, checkpoint: Path | None) -> None:
+        super().__init__(f"interrupted during round {round + 1}")
+        self.round, self.completed, self.checkpoint = round, completed, checkpoint
 
 
 class FederatedTrainer(L.Trainer):
@@ -59,6 +74,11 @@ class FederatedTrainer(L.Trainer):
             updates. ``None`` (default): synchronous rounds.
         shot_thresholds: ``(few_below, many_above)`` per-class training counts defining few/medium/many-shot
             classes; on long-tailed data the evaluation reports accuracy per group.
+        max_update_ratio: Reject an update that moves the model more than this many times the typical client's
+            change, or whose training loss is not finite (``null``: the loss check only); counted as
+            ``rejected_exploded``.
+        allow_config_change: Resume a checkpoint written with other settings (data, model, method, seed, ...),
+            logging the differences instead of refusing.
         backend: What runs the rounds: ``"sequential"`` (the in-process loop, default), ``"flower-simulation"``
             (Flower's Ray simulation engine; ``pip install "lit_fed[flower]"``) or a
             :class:`~lit_fed.loop.backend.Backend` such as ``lit_fed.flower.FlowerSimulation(client_resources=...)``.
@@ -89,6 +109,8 @@ class FederatedTrainer(L.Trainer):
         progress: bool = True,
         asynchronous: Asynchronous | None = None,
         shot_thresholds: tuple[int, int] = (20, 100),
+        max_update_ratio: float | None = 20.0,
+        allow_config_change: bool = False,
         backend: BackendName | Backend = "sequential",
         callbacks: list[Callback] | Callback | None = None,
         **kwargs: Any,
@@ -124,9 +146,13 @@ class FederatedTrainer(L.Trainer):
             progress=progress,
             shot_thresholds=tuple(shot_thresholds),
             asynchronous=asynchronous,
+            max_update_ratio=max_update_ratio,
+            allow_config_change=allow_config_change,
         )
         self.backend = resolve_backend(backend)
         self.federated_result: FederatedResult | None = None
+        self.report_callbacks: list[LoopCallback] = []
+        """Server-side callbacks of the run's report (the CLI's config writer), added to every loop built."""
         # The outer Trainer trains nothing: every user setting went to the client Trainers above. ``**kwargs`` is
         # forwarded literally so that jsonargparse/LightningCLI expose all Trainer options on this class.
         kwargs.clear()
@@ -152,6 +178,7 @@ class FederatedTrainer(L.Trainer):
             server_steps=self.server_steps,
             state_store=self.state_store,
             loggers=self.round_loggers,
+            report_callbacks=self.report_callbacks,
         )
 
     def fit(  # type: ignore[override]
@@ -166,7 +193,13 @@ class FederatedTrainer(L.Trainer):
         """Runs the federated rounds; ``ckpt_path`` resumes from a round checkpoint (file or run directory)."""
         if datamodule is None:
             raise ValueError("FederatedTrainer.fit needs a federated datamodule (data: in the config)")
-        self.federated_result = self.backend.run(self.build_loop(model, datamodule), resume_from=ckpt_path)
+        loop = self.build_loop(model, datamodule)
+        try:
+            self.federated_result = self.backend.run(loop, resume_from=ckpt_path)
+        except KeyboardInterrupt:
+            checkpoint = loop.last_checkpoint
+            completed = int(load_checkpoint(checkpoint)["round"]) + 1 if checkpoint is not None else 0
+            raise RunInterrupted(loop.round, completed, checkpoint) from None
 
     def _evaluate_checkpoint(self, model: L.LightningModule, datamodule: Any, ckpt_path: Any) -> list[dict]:
         if datamodule is None or ckpt_path is None:

@@ -51,7 +51,7 @@ import numpy as np
 from typing_extensions import override
 
 from lit_fed.client.payloads import ClientUpdate, ServerMessage
-from lit_fed.loop.rounds import CollectedRound, RoundStage, screened
+from lit_fed.loop.rounds import CollectedRound, RoundStage
 from lit_fed.server.aggregation import WeightedMean
 from lit_fed.utils.seeding import numpy_rng
 
@@ -264,6 +264,7 @@ class AsynchronousRounds(RoundStage):
 
     @override
     def setup(self, loop: FederatedLoop) -> None:
+        super().setup(loop)
         settings, strategy = loop.settings, loop.strategy
         if settings.client_fraction != 1.0:
             raise ValueError(
@@ -301,6 +302,7 @@ class AsynchronousRounds(RoundStage):
             "staleness_counts": dict(self.staleness_counts),
             "dispatched_at_version": sorted(self.dispatched_at_version),
             "concurrency": self.asynchronous.concurrency,
+            **self.screening_state(),
         }
 
     @override
@@ -316,6 +318,7 @@ class AsynchronousRounds(RoundStage):
         self.in_flight = [InFlight.from_dict(job) for job in state["in_flight"]]
         self.staleness_counts = {int(k): int(v) for k, v in state["staleness_counts"].items()}
         self.dispatched_at_version = {int(c) for c in state["dispatched_at_version"]}
+        self.load_screening_state(state)
 
     # -- the event queue -----------------------------------------------------------------------------------
     def dispatch(self, loop: FederatedLoop) -> InFlight:
@@ -385,13 +388,14 @@ class AsynchronousRounds(RoundStage):
         self._fill(loop)
         accepted: list[ClientUpdate] = []
         staleness: list[int] = []
-        arrivals = rejected = 0
+        arrivals = rejected = exploded = 0
         while arrivals < self.asynchronous.concurrency:
             job = self.next_arrival()
             self.clock = job.arrival_time
             update = loop.receive_update(loop.runner.collect(loop, job.handle))
-            ok, bad = screened([update], loop.global_state)
-            rejected += bad
+            ok, nonfinite, exploded_now = self.screen([update], job.message.state)
+            rejected += nonfinite + exploded_now
+            exploded += exploded_now
             if ok:
                 staleness.append(self.apply_update(loop, job, update))
                 accepted.append(update)
@@ -404,6 +408,7 @@ class AsynchronousRounds(RoundStage):
             "clients": arrivals,
             "dropped": 0,
             "rejected": rejected,
+            "rejected_exploded": exploded,
             "applied": len(accepted),
             "version": self.version,
             "virtual_time": self.clock,

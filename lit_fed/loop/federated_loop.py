@@ -31,15 +31,18 @@ from lit_fed.data.protocol import FederatedData
 from lit_fed.loop.callbacks import LoopCallback
 from lit_fed.loop.checkpoint import (
     LAST_NAME,
-    load_checkpoint,
+    loop_payload,
     prune_checkpoints,
+    restore_loop,
     round_checkpoint_path,
     save_checkpoint,
 )
 from lit_fed.loop.evaluation import RoundEvaluation
+from lit_fed.loop.fingerprint import run_fingerprint
 from lit_fed.loop.presentation import RoundLogging, presentation_callbacks
 from lit_fed.loop.reporting import summarize
 from lit_fed.loop.rounds import RoundStage, SynchronousRounds
+from lit_fed.loop.run_lock import run_directory_lock
 from lit_fed.loop.runner import ClientRunner, SequentialRunner
 from lit_fed.loop.settings import FederationSettings
 from lit_fed.loop.state_store import ClientStateStore
@@ -107,6 +110,8 @@ class FederatedLoop:
         loggers: Lightning loggers for round metrics; ``None`` → CSV (+ TensorBoard when installed); ``[]`` → none.
         runner: Where the clients' work runs (default: a :class:`~lit_fed.loop.runner.SequentialRunner` over a
             :class:`~lit_fed.client.worker.ClientWorker` in this process).
+        report_callbacks: Server-side callbacks run after the loop's own (never sent to clients: they may hold
+            what does not pickle).
         **settings_kwargs: :class:`FederationSettings` fields, when ``settings`` is not given.
     """
 
@@ -122,6 +127,7 @@ class FederatedLoop:
         state_store: ClientStateStore | None = None,
         loggers: Sequence[Any] | None = None,
         runner: ClientRunner | None = None,
+        report_callbacks: Sequence[LoopCallback] = (),
         **settings_kwargs: Any,
     ) -> None:
         if not isinstance(client, FederationMixin):
@@ -137,7 +143,7 @@ class FederatedLoop:
         self.strategy = strategy if strategy is not None else FedAvg()
         self.steps = [*self.strategy.server_steps(), *server_steps]
         self.callbacks = list(callbacks)
-        self._presentation = presentation_callbacks(loggers, self.settings.progress)
+        self._presentation = [*presentation_callbacks(loggers, self.settings.progress), *report_callbacks]
         self.runner: ClientRunner = (
             runner
             if runner is not None
@@ -152,6 +158,8 @@ class FederatedLoop:
         self.history: list[dict[str, Any]] = []
         self.global_state: StateDict = {}
         self.round = 0
+        self.last_checkpoint: Path | None = None
+        """The newest round checkpoint written or resumed from (``None``: none yet)."""
         self._server_metrics: dict[str, Any] = {}
 
     def _stage(self) -> RoundStage:
@@ -218,6 +226,7 @@ class FederatedLoop:
         for step in self.steps:
             step.bind(self.context)
         self.stage.setup(self)
+        self.fingerprint = run_fingerprint(self)
 
     # -- what crosses between server and clients ----------------------------------------------------------
     def prepare_message(self, message: ServerMessage) -> ServerMessage:
@@ -247,24 +256,9 @@ class FederatedLoop:
         return self.evaluation(self.global_state)
 
     # -- checkpoints -------------------------------------------------------------------------------------
-    def _identity(self) -> dict[str, Any]:
-        return {"seed": self.settings.seed, "num_clients": self.num_clients, "strategy": type(self.strategy).__name__}
-
     def checkpoint_payload(self, completed_round: int) -> dict[str, Any]:
-        """Everything needed to resume after ``completed_round``."""
-        return {
-            "round": completed_round,
-            "identity": self._identity(),
-            "global_state": self.global_state,
-            "initial_personal": self.initial_personal,
-            "strategy": self.strategy.state_dict(),
-            "server_steps": {step.state_key: step.state_dict() for step in self.steps},
-            "stage": self.stage.state_dict(),
-            "clients": self.runner.state_dict(),
-            "comm": self.comm.state_dict(),
-            "history": self.history,
-            "callbacks": {c.state_key: state for c in self.callbacks if (state := c.state_dict())},
-        }
+        """Everything needed to resume after ``completed_round`` (:func:`~lit_fed.loop.checkpoint.loop_payload`)."""
+        return loop_payload(self, completed_round)
 
     def save_checkpoint(self, completed_round: int) -> Path:
         """Writes ``round_<r>.ckpt`` and ``last.ckpt``; returns the latter."""
@@ -274,42 +268,18 @@ class FederatedLoop:
         save_checkpoint(payload, last)
         prune_checkpoints(self.checkpoint_dir, self.settings.keep_checkpoints)
         self.runner.on_checkpoint(self)
+        self.last_checkpoint = last
         return last
 
     def restore(self, path: str | Path) -> int:
-        """Restores a round checkpoint into a set-up loop; returns the first round still to run."""
-        payload = load_checkpoint(path)
-        identity = payload["identity"]
-        if identity != self._identity():
-            raise ValueError(
-                f"checkpoint {path} belongs to a different run: it has {identity}, this run has {self._identity()}"
-            )
-        missing = set(self.global_state) ^ set(payload["global_state"])
-        if missing:
-            raise ValueError(f"checkpoint {path}: global state keys differ from the client's: {sorted(missing)[:5]}")
-        saved_steps, saved_callbacks = payload["server_steps"], payload["callbacks"]
-        live = {c.state_key: c for c in self.callbacks if c.state_dict()}
-        for kind, saved, have in (
-            ("server steps", saved_steps, {s.state_key for s in self.steps}),
-            ("loop callbacks", saved_callbacks, set(live)),
-        ):
-            if set(saved) - have or (kind == "loop callbacks" and have - set(saved)):
-                raise ValueError(
-                    f"checkpoint {path} holds state for {kind} {sorted(saved)}, this run has {sorted(have)}"
-                )
-        self.global_state = payload["global_state"]
-        self.initial_personal = self.context.initial_personal = payload["initial_personal"]
-        self.strategy.load_state_dict(payload["strategy"])
-        for step in self.steps:
-            step.load_state_dict(saved_steps.get(step.state_key, {}))
-        self.round = int(payload["round"])
-        self.stage.load_state_dict(payload["stage"], self.round)
-        self.runner.load_state_dict(payload["clients"])
-        self.comm.load_state_dict(payload["comm"])
-        self.history = list(payload["history"])
-        for key, state in saved_callbacks.items():
-            live[key].load_state_dict(state)
-        return self.round + 1
+        """Restores a round checkpoint into a set-up loop; returns the first round still to run.
+
+        Raises:
+            CheckpointError: an unreadable or foreign file.
+            ValueError: a checkpoint of a run with other settings (the differences listed), unless
+                ``settings.allow_config_change``.
+        """
+        return restore_loop(self, path)
 
     # -- the run -----------------------------------------------------------------------------------------
     def run_round(self, rnd: int) -> dict[str, Any]:
@@ -340,34 +310,47 @@ class FederatedLoop:
         return metrics
 
     def run(self, resume_from: str | Path | None = None) -> FederatedResult:
-        """Runs all rounds (from a round checkpoint if ``resume_from`` is given) and writes the report."""
-        self.setup()
-        self.strategy.initialize(copy.deepcopy(self.global_state))
-        start = self.restore(resume_from) if resume_from is not None else 0
-        last_ckpt = Path(resume_from) if resume_from is not None else None
-        try:
-            self.runner.begin(self, start)
-            for callback in self.all_callbacks:
-                callback.on_run_start(self, start)
-            with quiet_lightning():
-                for rnd in range(start, self.settings.rounds):
-                    self.run_round(rnd)
-                    if self.settings.checkpoints(rnd):
-                        last_ckpt = self.save_checkpoint(rnd)
-            result = FederatedResult(
-                history=self.history,
-                summary=summarize(self.history),
-                global_state=self.global_state,
-                run_dir=self.settings.run_dir,
-                last_checkpoint=last_ckpt,
-            )
-            self.stage.finish(self, result)
-            for callback in self.all_callbacks:
-                callback.on_run_end(self, result)
-            return result
-        finally:
-            for callback in self.all_callbacks:
-                callback.teardown(self)
+        """Runs all rounds (from a round checkpoint if ``resume_from`` is given) and writes the report.
+
+        Raises:
+            RunDirectoryInUse: another live run holds the run directory.
+            ValueError: the checkpoint is of another run, or already at or past ``rounds``.
+        """
+        with run_directory_lock(self.settings.run_dir):
+            self.setup()
+            self.strategy.initialize(copy.deepcopy(self.global_state))
+            start = self.restore(resume_from) if resume_from is not None else 0
+            if start >= self.settings.rounds:
+                raise ValueError(
+                    f"the checkpoint {self.last_checkpoint} has completed {start} rounds; rounds={self.rounds} leaves "
+                    f"nothing to run (ask for more rounds, e.g. --trainer.rounds {start + 1})"
+                )
+            try:
+                return self._run_rounds(start)
+            finally:
+                for callback in self.all_callbacks:
+                    callback.teardown(self)
+
+    def _run_rounds(self, start: int) -> FederatedResult:
+        self.runner.begin(self, start)
+        for callback in self.all_callbacks:
+            callback.on_run_start(self, start)
+        with quiet_lightning():
+            for rnd in range(start, self.settings.rounds):
+                self.run_round(rnd)
+                if self.settings.checkpoints(rnd):
+                    self.save_checkpoint(rnd)
+        result = FederatedResult(
+            history=self.history,
+            summary=summarize(self.history),
+            global_state=self.global_state,
+            run_dir=self.settings.run_dir,
+            last_checkpoint=self.last_checkpoint,
+        )
+        self.stage.finish(self, result)
+        for callback in self.all_callbacks:
+            callback.on_run_end(self, result)
+        return result
 
     def __repr__(self) -> str:
         return f"FederatedLoop(strategy={self.strategy!r}, steps={self.steps!r}, settings={self.settings!r})"

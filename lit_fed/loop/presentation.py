@@ -144,7 +144,11 @@ class SummaryTable(LoopCallback):
     def on_run_end(self, loop: FederatedLoop, result: FederatedResult) -> None:
         from rich.console import Console
 
-        totals = {"MB down (total)": loop.comm.total_down / 1e6, "MB up (total)": loop.comm.total_up / 1e6}
+        totals = {
+            "MB down (total)": loop.comm.total_down / 1e6,
+            "MB up (total)": loop.comm.total_up / 1e6,
+            "rejected updates (total)": float(sum(h.get("rejected", 0) for h in result.history)),
+        }
         Console().print(render_summary(result.summary, totals, caption=f"global_acc: {_global_label(loop)}"))
 
 

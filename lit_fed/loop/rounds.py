@@ -20,7 +20,7 @@ from typing_extensions import override
 
 from lit_fed.client.payloads import ClientUpdate, StateDict
 from lit_fed.server.sampling import ClientSampler
-from lit_fed.server.validation import screen_updates
+from lit_fed.server.validation import ExplosionScreen, screen_updates
 
 if TYPE_CHECKING:
     from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
@@ -44,10 +44,36 @@ class CollectedRound:
 
 
 class RoundStage(ABC):
-    """The collect-and-apply stage of a round."""
+    """The collect-and-apply stage of a round.
 
-    def setup(self, loop: FederatedLoop) -> None:  # noqa: B027
+    Its :meth:`screen` checks arriving updates: structure (an error), non-finite values and exploded changes
+    (rejected and counted).
+    """
+
+    explosions: ExplosionScreen | None = None
+
+    def setup(self, loop: FederatedLoop) -> None:
         """Called by the loop's ``setup()`` (the data is built, ``loop.num_clients`` is set)."""
+        self.explosions = ExplosionScreen(loop.settings.max_update_ratio)
+
+    def screen(self, updates: list[ClientUpdate], global_state: StateDict) -> tuple[list[ClientUpdate], int, int]:
+        """The accepted updates, and how many were rejected as non-finite and as exploded (each logged)."""
+        accepted, nonfinite = screen_updates(updates, global_state)
+        exploded: list[Any] = []
+        if self.explosions is not None:
+            accepted, exploded = self.explosions.screen(accepted, global_state)
+        for _, reason in [*nonfinite, *exploded]:
+            log.warning(reason)
+        return accepted, len(nonfinite), len(exploded)
+
+    def screening_state(self) -> dict[str, Any]:
+        """The screen's remembered changes (part of :meth:`state_dict`)."""
+        return {} if self.explosions is None else {"explosions": self.explosions.state_dict()}
+
+    def load_screening_state(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`screening_state`."""
+        if self.explosions is not None:
+            self.explosions.load_state_dict(state.get("explosions", {}))
 
     @abstractmethod
     def collect(self, loop: FederatedLoop, round: int) -> CollectedRound:
@@ -68,14 +94,6 @@ class RoundStage(ABC):
         """After the last round: may add files to ``result.artifacts``."""
 
 
-def screened(updates: list[ClientUpdate], global_state: StateDict) -> tuple[list[ClientUpdate], int]:
-    """The updates that pass :func:`~lit_fed.server.validation.screen_updates`, and how many were rejected."""
-    accepted, rejected = screen_updates(updates, global_state)
-    for _, reason in rejected:
-        log.warning(reason)
-    return accepted, len(rejected)
-
-
 class SynchronousRounds(RoundStage):
     """Every round, a seeded sample of clients trains from the same global state; their updates are aggregated.
 
@@ -88,6 +106,7 @@ class SynchronousRounds(RoundStage):
 
     @override
     def setup(self, loop: FederatedLoop) -> None:
+        super().setup(loop)
         settings = loop.settings
         self.sampler = ClientSampler(loop.num_clients, settings.client_fraction, settings.seed, settings.client_dropout)
         self.trained_rounds = 0
@@ -101,13 +120,18 @@ class SynchronousRounds(RoundStage):
             log.info("round %d: client %d dropped out (did not report)", round, cid)
         updates = loop.runner.train(loop, messages)
         self.trained_rounds = round + 1
-        accepted, rejected = screened(updates, loop.global_state)
+        accepted, nonfinite, exploded = self.screen(updates, loop.global_state)
         state = loop.global_state
         if accepted:
             state = loop.strategy.aggregate_train(round, accepted, state)
         else:
             log.warning("round %d: no client update was accepted; the global state is unchanged", round)
-        metrics = {"clients": len(participants.sampled), "dropped": len(participants.dropped), "rejected": rejected}
+        metrics = {
+            "clients": len(participants.sampled),
+            "dropped": len(participants.dropped),
+            "rejected": nonfinite + exploded,
+            "rejected_exploded": exploded,
+        }
         return CollectedRound(state, accepted, metrics)
 
     @override
@@ -115,5 +139,10 @@ class SynchronousRounds(RoundStage):
         return self.trained_rounds
 
     @override
+    def state_dict(self) -> dict[str, Any]:
+        return self.screening_state()
+
+    @override
     def load_state_dict(self, state: dict[str, Any], completed_round: int) -> None:
         self.trained_rounds = completed_round + 1
+        self.load_screening_state(state)

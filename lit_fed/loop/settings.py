@@ -24,6 +24,26 @@ CLIENT_TRAINER_DEFAULTS: dict[str, Any] = {
 _LOOP_OWNED = ("logger", "enable_checkpointing", "enable_progress_bar", "enable_model_summary")
 
 
+def _refuse_multi_device(trainer_kwargs: dict[str, Any]) -> None:
+    """Refuse several devices per client fit (DDP would start a whole federation per process).
+
+    Parallel clients (the Flower backend, one device per client) are the supported way to use several devices.
+    """
+    devices = trainer_kwargs.get("devices", "auto")
+    many = (
+        (isinstance(devices, int) and not isinstance(devices, bool) and (devices > 1 or devices == -1))
+        or (isinstance(devices, list | tuple) and len(devices) > 1)
+        or (isinstance(devices, str) and devices not in ("auto", "1") and ("," in devices or devices == "-1"))
+    )
+    if many or int(trainer_kwargs.get("num_nodes", 1)) > 1:
+        raise ValueError(
+            f"devices={devices!r}: a client's fit runs on one device (one process trains the federation's clients "
+            "in turn; a multi-device strategy would start the whole federation in every process). To use several "
+            "devices, train clients in parallel: trainer.backend: flower-simulation with "
+            "client_resources: {num_gpus: 1} (or a fraction to share a device)"
+        )
+
+
 @dataclass
 class FederationSettings:
     """How a federated run goes: rounds, sampling, local training, evaluation, outputs.
@@ -47,9 +67,16 @@ class FederationSettings:
             many-shot classes; on long-tailed data evaluation also reports accuracy per group.
         asynchronous: If set, clients report asynchronously (:mod:`lit_fed.loop.asynchronous`); a round is
             ``concurrency`` applied updates. ``None``: synchronous rounds.
+        max_update_ratio: Reject an update whose change ``‖w_k − w_g‖`` exceeds this many times the median of the
+            round's (and the previous round's accepted) changes, as an exploded client (counted in the round's
+            ``rejected_exploded``); ``None`` disables the check. Updates with a non-finite training loss are
+            rejected too.
+        allow_config_change: Resume from a checkpoint written by a run with other settings (data, model, method,
+            seed, ...): the differences are logged instead of refused.
 
     Raises:
-        ValueError: A setting out of range, or ``max_epochs``/``max_steps`` in ``trainer_kwargs``.
+        ValueError: A setting out of range, ``max_epochs``/``max_steps`` in ``trainer_kwargs``, or several devices
+            per client (use parallel clients on the Flower backend instead).
     """
 
     rounds: int = 10
@@ -67,13 +94,32 @@ class FederationSettings:
     progress: bool = True
     shot_thresholds: tuple[int, int] = (20, 100)
     asynchronous: Asynchronous | None = None
+    max_update_ratio: float | None = 20.0
+    allow_config_change: bool = False
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
         self.trainer_kwargs = dict(self.trainer_kwargs or {})
         self.shot_thresholds = (int(self.shot_thresholds[0]), int(self.shot_thresholds[1]))
+        for name in ("rounds", "local_epochs", "eval_every", "checkpoint_every", "keep_checkpoints", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.checkpoint_every < 0:
+            raise ValueError(
+                f"checkpoint_every must be >= 0 (0 disables round checkpoints), got {self.checkpoint_every}"
+            )
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
+        if not 0.0 < self.client_fraction <= 1.0:
+            raise ValueError(f"client_fraction must be in (0, 1], got {self.client_fraction}")
+        if not 0.0 <= self.client_dropout < 1.0:
+            raise ValueError(f"client_dropout must be in [0, 1), got {self.client_dropout}")
+        if self.max_update_ratio is not None and not self.max_update_ratio > 1.0:
+            raise ValueError(f"max_update_ratio must be > 1 (or None to disable), got {self.max_update_ratio}")
+        _refuse_multi_device(self.trainer_kwargs)
         if self.local_steps is None and self.local_epochs < 1:
             raise ValueError(f"local_epochs must be >= 1, got {self.local_epochs}")
         if self.local_steps is not None and self.local_steps < 1:

@@ -6,7 +6,7 @@ For each partition (Dirichlet(0.1), Dirichlet(0.5); 20 clients) and method it ru
     lit-fed fit --config <out>/configs/data_<partition>.yaml --config configs/model/fedavgcnn.yaml \
         --config configs/method/<method>.yaml --config configs/federation/pfllib.yaml \
         --trainer.rounds R --trainer.run_dir <out>/<partition>/<method> --trainer.progress false \
-        --seed_everything S [FedDF: --trainer.server.init_args.max_steps N ...] [--extra ...]
+        --seed_everything S [FedDF: --trainer.server_steps.init_args.max_steps N ...] [--extra ...]
 
 The data config is written by this script: Fashion-MNIST with a stratified 10% of its training set held out
 (``lit_fed.methods.HeldOut``) — FedDF's unlabeled server data — for *every* method, so all methods see the same
@@ -123,9 +123,9 @@ def method_run_args(method: str, feddf_steps: int, feddf_samples: int) -> list[s
     """Recipe-chosen ``lit-fed fit`` arguments of a method (FedDF's CPU-sized distillation)."""
     if method != "feddf":
         return []
-    args = ["--trainer.server.init_args.max_steps", str(feddf_steps)]
+    args = ["--trainer.server_steps.init_args.max_steps", str(feddf_steps)]
     if feddf_samples > 0:
-        args += ["--trainer.server.init_args.server_samples", str(feddf_samples)]
+        args += ["--trainer.server_steps.init_args.server_samples", str(feddf_samples)]
     return args
 
 
@@ -162,7 +162,7 @@ def run_ccvr(partition: str, out: Path, rounds: int, seed: int, samples_per_clas
         loop.restore(base_dir / "checkpoints" / "last.ckpt")
         loop.round = rounds - 1
         ccvr = CCVR(samples_per_class=samples_per_class)
-        metrics = ccvr.calibrate(loop, rounds - 1, base["history"][-1])
+        metrics = ccvr.calibrate(loop)
     except Exception as error:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text(traceback.format_exc())

@@ -133,8 +133,8 @@ def test_resume_through_ckpt_path(tmp_path):
     ("args", "message"),
     [
         (["--trainer.server", "lit_fed.FedUnknown"], "FedUnknown"),
-        (["--trainer.client_fraction", "1.5"], "client fraction must be in"),
-        (["--trainer.client_fraction", "0"], "client fraction must be in"),
+        (["--trainer.client_fraction", "1.5"], "client_fraction must be in"),
+        (["--trainer.client_fraction", "0"], "client_fraction must be in"),
         (["--data.init_args.partitioner.init_args.alpha", "0"], "alpha"),
         (["--data.init_args.partitioner.init_args.alpha", "-1"], "alpha"),
         (["--data.init_args.num_clients", "500"], "500"),

@@ -155,7 +155,7 @@ def test_resume_reaches_the_same_numbers(client_factory, datamodule_factory, tmp
 
 def test_resume_refuses_a_checkpoint_of_another_run(client_factory, datamodule_factory, tmp_path):
     _, result = run_loop(client_factory(), datamodule_factory(), tmp_path, "one", rounds=1, seed=1)
-    with pytest.raises(ValueError, match="different run"):
+    with pytest.raises(ValueError, match="other settings:\n  seed: checkpoint 1 / this run 2\n"):
         run_loop(
             client_factory(),
             datamodule_factory(),
@@ -212,8 +212,18 @@ def test_local_steps_bound_the_number_of_optimizer_steps(client_factory, datamod
 
 
 def test_bad_loop_arguments_raise(client_factory, datamodule, tmp_path):
-    with pytest.raises(ValueError, match="client fraction"):
+    with pytest.raises(ValueError, match=r"client_fraction must be in \(0, 1\], got 1.5"):
         run_loop(client_factory(), datamodule, tmp_path, "h", client_fraction=1.5)
+    for bad, message in [
+        ({"checkpoint_every": -1}, "checkpoint_every must be >= 0"),
+        ({"keep_checkpoints": -2}, "keep_checkpoints must be >= 0"),
+        ({"seed": True}, "seed must be an integer, got True"),
+        ({"rounds": 2.5}, "rounds must be an integer"),
+        ({"client_dropout": 1.0}, r"client_dropout must be in \[0, 1\)"),
+        ({"max_update_ratio": 1.0}, "max_update_ratio must be > 1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            FederatedLoop(client_factory(), datamodule, **bad)
     with pytest.raises(ValueError, match="local_epochs"):
         FederatedLoop(client_factory(), datamodule, trainer_kwargs={"max_epochs": 3})
     with pytest.raises(TypeError, match="federate"):

@@ -72,13 +72,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def history_digest(history: list[dict[str, Any]]) -> str:
-    """SHA-256 of the metric history without wall-clock timing (``round_seconds`` and the per-stage seconds)."""
-    rows = [{k: v for k, v in metrics.items() if not k.endswith("_seconds")} for metrics in history]
+def history_digest(history: list[dict[str, Any]], without: tuple[str, ...] = ()) -> str:
+    """SHA-256 of the metric history without wall-clock timing (``round_seconds`` and the per-stage seconds).
+
+    ``without`` leaves further keys out (to compare with a reference written before they existed).
+    """
+    rows = [
+        {k: v for k, v in metrics.items() if not k.endswith("_seconds") and k not in without} for metrics in history
+    ]
     return hashlib.sha256(json.dumps(_plain(rows), sort_keys=True).encode()).hexdigest()
 
 
-def fingerprint(name: str) -> dict[str, Any]:
+def fingerprint(name: str, history_without: tuple[str, ...] = ()) -> dict[str, Any]:
     """The digests of config ``name``'s contract run (sequential backend)."""
     sys.path[:0] = [str(HERE), str(HERE.parent)]  # the contract test module and the shared test helpers
     from test_contract import cli_args  # the contract's exact stack and overrides
@@ -100,7 +105,7 @@ def fingerprint(name: str) -> dict[str, Any]:
                     for i, (k, v) in enumerate(sorted(flat_tensors(loop.strategy.state_dict()).items()))
                 }
             ),
-            "history": history_digest(loop.history),
+            "history": history_digest(loop.history, history_without),
         }
 
 
@@ -109,14 +114,19 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help="config names (default: every configs/method/*.yaml)")
     parser.add_argument("--write", action="store_true", help=f"write the digests to {REFERENCE.name}")
     parser.add_argument("--check", action="store_true", help=f"compare with {REFERENCE.name}, one row per config")
+    parser.add_argument("--history-without", nargs="*", default=[], help="metric keys the history digest leaves out")
     args = parser.parse_args()
     torch.set_num_threads(1)
     root = HERE.parents[1]
     names = args.names or sorted(p.stem for p in (root / "configs/method").glob("*.yaml"))
     digests = {}
-    reference = json.loads(REFERENCE.read_text())["configs"] if args.check else {}
+    saved = json.loads(REFERENCE.read_text()) if REFERENCE.exists() else {}
+    reference = saved.get("configs", {}) if args.check else {}
+    partial_write = args.write and bool(args.names)
+    if (args.check or partial_write) and not args.history_without:  # metrics added since the reference was written
+        args.history_without = saved.get("history_leaves_out", [])
     for name in names:
-        digests[name] = fingerprint(name)
+        digests[name] = fingerprint(name, tuple(args.history_without))
         line = f"{name:28s} global {digests[name]['global_state'][:16]}  history {digests[name]['history'][:16]}"
         if args.check:
             fields = ("global_state", "global_keys", "personal", "history")
@@ -129,7 +139,8 @@ def main() -> None:
         if args.names and REFERENCE.exists():  # some configs: the others keep their reference digests
             digests = {**json.loads(REFERENCE.read_text())["configs"], **digests}
         digests = dict(sorted(digests.items()))
-        REFERENCE.write_text(json.dumps({"environment": environment(), "configs": digests}, indent=1) + "\n")
+        content = {"environment": environment(), "history_leaves_out": list(args.history_without), "configs": digests}
+        REFERENCE.write_text(json.dumps(content, indent=1) + "\n")
         print(f"wrote {REFERENCE}")
 
 
