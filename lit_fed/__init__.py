@@ -4,52 +4,40 @@ Each client is a LightningModule; a :class:`FederatedLoop` drives Lightning Trai
 server :class:`Strategy` aggregates the clients' typed updates.
 """
 
-from lit_fed.client import (
-    BatchNorm,
-    ClientUpdate,
-    Complement,
-    FederatedClient,
-    FederationMixin,
-    Head,
-    LocalSchedule,
-    Modules,
-    ParameterSplit,
-    Phase,
-    ProximalTerm,
-    Regex,
-    ServerMessage,
-    federate,
-)
-from lit_fed.loop import DiskStateStore, FederatedLoop, FederatedResult, InMemoryStateStore
-from lit_fed.server import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi, Strategy
-from lit_fed.trainer import FederatedTrainer
+from __future__ import annotations
+
+from lit_fed.utils.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BatchNorm",
-    "ClientUpdate",
-    "Complement",
-    "LocalSchedule",
-    "Phase",
-    "DiskStateStore",
-    "FedAdagrad",
-    "FedAdam",
-    "FedAvg",
-    "FedAvgM",
-    "FedYogi",
-    "FederatedClient",
-    "FederatedLoop",
-    "FederatedResult",
-    "FederatedTrainer",
-    "FederationMixin",
-    "Head",
-    "InMemoryStateStore",
-    "Modules",
-    "ParameterSplit",
-    "ProximalTerm",
-    "Regex",
-    "ServerMessage",
-    "Strategy",
-    "federate",
-]
+_EXPORTS: dict[str, str] = {
+    "BatchNorm": "lit_fed.client",
+    "ClientUpdate": "lit_fed.client",
+    "Complement": "lit_fed.client",
+    "FederatedClient": "lit_fed.client",
+    "FederationMixin": "lit_fed.client",
+    "Head": "lit_fed.client",
+    "LocalSchedule": "lit_fed.client",
+    "Modules": "lit_fed.client",
+    "ParameterSplit": "lit_fed.client",
+    "Phase": "lit_fed.client",
+    "ProximalTerm": "lit_fed.client",
+    "Regex": "lit_fed.client",
+    "ServerMessage": "lit_fed.client",
+    "federate": "lit_fed.client",
+    "DiskStateStore": "lit_fed.loop",
+    "FederatedLoop": "lit_fed.loop",
+    "FederatedResult": "lit_fed.loop",
+    "InMemoryStateStore": "lit_fed.loop",
+    "FedAdagrad": "lit_fed.server",
+    "FedAdam": "lit_fed.server",
+    "FedAvg": "lit_fed.server",
+    "FedAvgM": "lit_fed.server",
+    "FedYogi": "lit_fed.server",
+    "Strategy": "lit_fed.server",
+    "FederatedTrainer": "lit_fed.trainer",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

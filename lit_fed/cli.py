@@ -15,71 +15,29 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from typing_extensions import override
-
-from lit_fed.client.module import FederatedClient
-from lit_fed.data.datamodule import FederatedDataModule
-from lit_fed.loop.callbacks import LoopCallback
-from lit_fed.trainer import FederatedTrainer, RunInterrupted
+from lit_fed import cli_help
 
 if TYPE_CHECKING:
-    from lit_fed.loop.federated_loop import FederatedLoop
+    from lit_fed.cli_parser import FederatedCLI
 
 DEBUG_ENV = "LIT_FED_DEBUG"
 """Set to ``1`` (or pass ``--debug``) for full tracebacks instead of one-line errors."""
 
 
-class SaveConfig(LoopCallback):
-    """Writes the run's resolved config once the run has started training (after the run-directory lock).
+def __getattr__(name: str) -> Any:
+    """``FederatedCLI`` and ``SaveConfig`` live in :mod:`lit_fed.cli_parser` (imported on first use)."""
+    if name in ("FederatedCLI", "SaveConfig"):
+        from lit_fed import cli_parser
 
-    A fresh run writes ``config.yaml``; a resumed run keeps the original and writes its own next to it
-    (``config.resumed_at_round_<r>.yaml``, ``r`` the first round it runs, 1-based).
-    """
-
-    def __init__(self, cli: FederatedCLI) -> None:
-        self.cli = cli
-
-    @override
-    def on_run_start(self, loop: FederatedLoop, start_round: int) -> None:
-        name = "config.yaml" if start_round == 0 else f"config.resumed_at_round_{start_round + 1}.yaml"
-        parser = self.cli._parser(self.cli.subcommand)
-        parser.save(self.cli.config[self.cli.subcommand], loop.run_dir / name, skip_none=False, overwrite=True)
-
-
-class FederatedCLI(LightningCLI):
-    """LightningCLI with one seed for partitions, sampling and local training; ``fit``, ``validate``, ``test``."""
-
-    @staticmethod
-    @override
-    def subcommands() -> dict[str, set[str]]:
-        """``fit``, ``validate`` and ``test`` (a round checkpoint holds many personalized models: no ``predict``)."""
-        return {name: keys for name, keys in LightningCLI.subcommands().items() if name != "predict"}
-
-    @override
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("seed_everything", "trainer.seed")
-        parser.link_arguments("seed_everything", "data.init_args.seed")
-
-    def before_fit(self) -> None:
-        """The run writes its resolved config when it starts training (:class:`SaveConfig`)."""
-        self.trainer.report_callbacks = [SaveConfig(self)]
+        return getattr(cli_parser, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_cli(args: Any = None, run: bool = True) -> FederatedCLI:
     """Builds (and by default runs) the federated LightningCLI; ``args`` as for ``LightningCLI``."""
-    return FederatedCLI(
-        FederatedClient,
-        FederatedDataModule,
-        trainer_class=FederatedTrainer,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        auto_configure_optimizers=False,
-        save_config_callback=None,
-        args=args,
-        run=run,
-    )
+    from lit_fed.cli_parser import build_cli as build
+
+    return build(args=args, run=run)
 
 
 def _resume_command(argv: list[str], checkpoint: Path) -> str:
@@ -106,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
+    if cli_help.is_help_request(args):
+        cli_help.print_help(args, lambda request: build_cli(args=request))
+    from lit_fed.trainer import RunInterrupted
+
     try:
         build_cli(args=args)
     except RunInterrupted as stop:

@@ -13,30 +13,32 @@ Wrappers (loop callbacks, ``trainer.round_callbacks``): :class:`CompressUpload` 
 and DGC momentum correction, :class:`ErrorFeedback`) and :class:`CompressDownload`.
 """
 
-from lit_fed.compression.base import CompressedPayload, Compressor, Dense
-from lit_fed.compression.quantize import Quantize8Bit, dequantize_uint8, quantize_uint8
-from lit_fed.compression.svd import SVD, as_matrix, energy_rank, energy_schedule, svd_compress, svd_reconstruct
-from lit_fed.compression.topk import TopK, sampled_threshold, warmup_sparsity
-from lit_fed.compression.wrappers import CompressDownload, CompressUpload, ErrorFeedback, ErrorFeedbackStep
+from __future__ import annotations
 
-__all__ = [
-    "SVD",
-    "CompressDownload",
-    "CompressUpload",
-    "CompressedPayload",
-    "Compressor",
-    "Dense",
-    "ErrorFeedback",
-    "ErrorFeedbackStep",
-    "Quantize8Bit",
-    "TopK",
-    "as_matrix",
-    "dequantize_uint8",
-    "energy_rank",
-    "energy_schedule",
-    "quantize_uint8",
-    "sampled_threshold",
-    "svd_compress",
-    "svd_reconstruct",
-    "warmup_sparsity",
-]
+from lit_fed.utils.lazy import lazy_exports
+
+_EXPORTS: dict[str, str] = {
+    "CompressedPayload": "lit_fed.compression.base",
+    "Compressor": "lit_fed.compression.base",
+    "Dense": "lit_fed.compression.base",
+    "Quantize8Bit": "lit_fed.compression.quantize",
+    "dequantize_uint8": "lit_fed.compression.quantize",
+    "quantize_uint8": "lit_fed.compression.quantize",
+    "SVD": "lit_fed.compression.svd",
+    "as_matrix": "lit_fed.compression.svd",
+    "energy_rank": "lit_fed.compression.svd",
+    "energy_schedule": "lit_fed.compression.svd",
+    "svd_compress": "lit_fed.compression.svd",
+    "svd_reconstruct": "lit_fed.compression.svd",
+    "TopK": "lit_fed.compression.topk",
+    "sampled_threshold": "lit_fed.compression.topk",
+    "warmup_sparsity": "lit_fed.compression.topk",
+    "CompressDownload": "lit_fed.compression.wrappers",
+    "CompressUpload": "lit_fed.compression.wrappers",
+    "ErrorFeedback": "lit_fed.compression.wrappers",
+    "ErrorFeedbackStep": "lit_fed.compression.wrappers",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -2,103 +2,72 @@
 
 ``FederatedDataModule`` splits one dataset among clients (a drawn partition, explicit index lists or a saved
 ``partition.json``); ``ClientDataModule`` serves data that come already split per client (PFLlib folders, LEAF
-JSON, arrays, Flower Datasets partitioners).
+JSON, arrays, Flower Datasets partitioners); ``ClientLoaders`` (a factory of per-client loaders or datamodules) and
+``PartitionedDataModule`` (your datamodule split by index lists) serve your own data, in any batch format.
 """
 
-from lit_fed.data.batching import TensorBatchDataset, normalize_images, random_crop_flip
-from lit_fed.data.client_datamodule import ClientDataModule
-from lit_fed.data.clients import ClientArrays, ClientDataset, ClientSource, build_client_dataset
-from lit_fed.data.datamodule import GLOBAL_TEST_SET, POOLED_CLIENT_TESTS, FederatedDataModule
-from lit_fed.data.datasets import (
-    CIFAR10,
-    CIFAR100,
-    MNIST,
-    ArrayDataset,
-    DatasetSource,
-    Digits,
-    FashionMNIST,
-    Synthetic,
-)
-from lit_fed.data.files import DataFileError, read_json, read_npz
-from lit_fed.data.flower_datasets import FlowerDatasetClients, FlowerPartitioner
-from lit_fed.data.idx import read_idx, write_idx
-from lit_fed.data.leaf import LeafJSON
-from lit_fed.data.partition import (
-    IID,
-    Dirichlet,
-    Partitioner,
-    Pathological,
-    QuantitySkew,
-    class_histogram,
-    dirichlet_partition,
-    iid_partition,
-    long_tail_class_sizes,
-    long_tail_indices,
-    pathological_partition,
-    quantity_skew_partition,
-    split_train_test,
-)
-from lit_fed.data.partition_file import PARTITION_FILE_NAME, PartitionFile, read_partition
-from lit_fed.data.pfllib import PFLlibFolder, write_pfllib_folder
-from lit_fed.data.presets import ClientIndices, PresetSplits, SavedPartition
+from __future__ import annotations
 
-__all__ = [
-    "CIFAR10",
-    "CIFAR100",
-    "GLOBAL_TEST_SET",
-    "IID",
-    "MNIST",
-    "PARTITION_FILE_NAME",
-    "POOLED_CLIENT_TESTS",
-    "ArrayDataset",
-    "ClientArrays",
-    "ClientDataModule",
-    "ClientDataset",
-    "ClientIndices",
-    "ClientSource",
-    "DataFileError",
-    "DatasetSource",
-    "Digits",
-    "Dirichlet",
-    "FashionMNIST",
-    "FederatedDataModule",
-    "FlowerDatasetClients",
-    "FlowerPartitioner",
-    "LeafJSON",
-    "PFLlibFolder",
-    "PartitionFile",
-    "Partitioner",
-    "Pathological",
-    "PresetSplits",
-    "QuantitySkew",
-    "SavedPartition",
-    "Synthetic",
-    "TensorBatchDataset",
-    "build_client_dataset",
-    "class_histogram",
-    "dirichlet_partition",
-    "iid_partition",
-    "long_tail_class_sizes",
-    "long_tail_indices",
-    "normalize_images",
-    "pathological_partition",
-    "quantity_skew_partition",
-    "random_crop_flip",
-    "read_idx",
-    "read_json",
-    "read_npz",
-    "read_partition",
-    "split_train_test",
-    "write_idx",
-    "write_pfllib_folder",
-]
+from lit_fed.utils.lazy import lazy_exports
 
-from lit_fed.data.shakespeare import (  # noqa: E402
-    TINY_SHAKESPEARE_URL,
-    ShakespeareDataModule,
-    WindowDataset,
-    find_tiny_shakespeare,
-    parse_speeches,
-)
+_EXPORTS: dict[str, str] = {
+    "TensorBatchDataset": "lit_fed.data.batching",
+    "normalize_images": "lit_fed.data.batching",
+    "random_crop_flip": "lit_fed.data.batching",
+    "ClientDataModule": "lit_fed.data.client_datamodule",
+    "ClientArrays": "lit_fed.data.clients",
+    "ClientDataset": "lit_fed.data.clients",
+    "ClientSource": "lit_fed.data.clients",
+    "build_client_dataset": "lit_fed.data.clients",
+    "GLOBAL_TEST_SET": "lit_fed.data.datamodule",
+    "POOLED_CLIENT_TESTS": "lit_fed.data.datamodule",
+    "FederatedDataModule": "lit_fed.data.datamodule",
+    "CIFAR10": "lit_fed.data.datasets",
+    "CIFAR100": "lit_fed.data.datasets",
+    "MNIST": "lit_fed.data.datasets",
+    "ArrayDataset": "lit_fed.data.datasets",
+    "DatasetSource": "lit_fed.data.datasets",
+    "Digits": "lit_fed.data.datasets",
+    "FashionMNIST": "lit_fed.data.datasets",
+    "Synthetic": "lit_fed.data.datasets",
+    "DataFileError": "lit_fed.data.files",
+    "read_json": "lit_fed.data.files",
+    "read_npz": "lit_fed.data.files",
+    "FlowerDatasetClients": "lit_fed.data.flower_datasets",
+    "FlowerPartitioner": "lit_fed.data.flower_datasets",
+    "read_idx": "lit_fed.data.idx",
+    "write_idx": "lit_fed.data.idx",
+    "LeafJSON": "lit_fed.data.leaf",
+    "IID": "lit_fed.data.partition",
+    "Dirichlet": "lit_fed.data.partition",
+    "Partitioner": "lit_fed.data.partition",
+    "Pathological": "lit_fed.data.partition",
+    "QuantitySkew": "lit_fed.data.partition",
+    "class_histogram": "lit_fed.data.partition",
+    "dirichlet_partition": "lit_fed.data.partition",
+    "iid_partition": "lit_fed.data.partition",
+    "long_tail_class_sizes": "lit_fed.data.partition",
+    "long_tail_indices": "lit_fed.data.partition",
+    "pathological_partition": "lit_fed.data.partition",
+    "quantity_skew_partition": "lit_fed.data.partition",
+    "split_train_test": "lit_fed.data.partition",
+    "PARTITION_FILE_NAME": "lit_fed.data.partition_file",
+    "PartitionFile": "lit_fed.data.partition_file",
+    "read_partition": "lit_fed.data.partition_file",
+    "PFLlibFolder": "lit_fed.data.pfllib",
+    "write_pfllib_folder": "lit_fed.data.pfllib",
+    "ClientIndices": "lit_fed.data.presets",
+    "PresetSplits": "lit_fed.data.presets",
+    "SavedPartition": "lit_fed.data.presets",
+    "TINY_SHAKESPEARE_URL": "lit_fed.data.shakespeare",
+    "ShakespeareDataModule": "lit_fed.data.shakespeare",
+    "WindowDataset": "lit_fed.data.shakespeare",
+    "find_tiny_shakespeare": "lit_fed.data.shakespeare",
+    "parse_speeches": "lit_fed.data.shakespeare",
+    "ClientLoaders": "lit_fed.data.user_data",
+    "PartitionedDataModule": "lit_fed.data.user_data",
+}
 
-__all__ += ["TINY_SHAKESPEARE_URL", "ShakespeareDataModule", "WindowDataset", "find_tiny_shakespeare", "parse_speeches"]
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -8,19 +8,21 @@
 * :mod:`lit_fed.flower.records` — lossless conversion between lit_fed payloads and Flower records.
 """
 
-from lit_fed.flower.backend import FlowerSimulation
-from lit_fed.flower.client_app import make_client_app
-from lit_fed.flower.in_process import InProcessRunner
-from lit_fed.flower.node_state import ContextState, DirectoryState, NodeState
-from lit_fed.flower.server_app import FlowerRunner, make_server_app
+from __future__ import annotations
 
-__all__ = [
-    "ContextState",
-    "DirectoryState",
-    "FlowerRunner",
-    "FlowerSimulation",
-    "InProcessRunner",
-    "NodeState",
-    "make_client_app",
-    "make_server_app",
-]
+from lit_fed.utils.lazy import lazy_exports
+
+_EXPORTS: dict[str, str] = {
+    "FlowerSimulation": "lit_fed.flower.backend",
+    "make_client_app": "lit_fed.flower.client_app",
+    "InProcessRunner": "lit_fed.flower.in_process",
+    "ContextState": "lit_fed.flower.node_state",
+    "DirectoryState": "lit_fed.flower.node_state",
+    "NodeState": "lit_fed.flower.node_state",
+    "FlowerRunner": "lit_fed.flower.server_app",
+    "make_server_app": "lit_fed.flower.server_app",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

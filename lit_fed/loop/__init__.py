@@ -1,62 +1,39 @@
 """The federated loop: rounds, client-state stores, checkpoints, callbacks, reporting."""
 
-from lit_fed.loop.callbacks import LoopCallback
-from lit_fed.loop.checkpoint import load_checkpoint
-from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
-from lit_fed.loop.rounds import RoundStage, SynchronousRounds
-from lit_fed.loop.runner import ClientRunner, SequentialRunner
-from lit_fed.loop.settings import FederationSettings
-from lit_fed.loop.state_store import ClientStateStore, DiskStateStore, InMemoryStateStore
+from __future__ import annotations
 
-__all__ = [
-    "ClientRunner",
-    "ClientStateStore",
-    "DiskStateStore",
-    "FederatedLoop",
-    "FederatedResult",
-    "FederationSettings",
-    "InMemoryStateStore",
-    "LoopCallback",
-    "RoundStage",
-    "SequentialRunner",
-    "SynchronousRounds",
-    "load_checkpoint",
-]
+from lit_fed.utils.lazy import lazy_exports
 
-from lit_fed.loop.asynchronous import (  # noqa: E402
-    Asynchronous,
-    AsynchronousRounds,
-    ClientSpeeds,
-    Constant,
-    Exponential,
-    Latency,
-    LogNormal,
-    Uniform,
-)
-from lit_fed.loop.attacks import (  # noqa: E402
-    Attack,
-    ByzantineAttack,
-    GaussianNoise,
-    LabelFlip,
-    Scale,
-    SignFlip,
-    byzantine_clients,
-)
+_EXPORTS: dict[str, str] = {
+    "LoopCallback": "lit_fed.loop.callbacks",
+    "load_checkpoint": "lit_fed.loop.checkpoint",
+    "FederatedLoop": "lit_fed.loop.federated_loop",
+    "FederatedResult": "lit_fed.loop.federated_loop",
+    "RoundStage": "lit_fed.loop.rounds",
+    "SynchronousRounds": "lit_fed.loop.rounds",
+    "ClientRunner": "lit_fed.loop.runner",
+    "SequentialRunner": "lit_fed.loop.runner",
+    "FederationSettings": "lit_fed.loop.settings",
+    "ClientStateStore": "lit_fed.loop.state_store",
+    "DiskStateStore": "lit_fed.loop.state_store",
+    "InMemoryStateStore": "lit_fed.loop.state_store",
+    "Asynchronous": "lit_fed.loop.asynchronous",
+    "AsynchronousRounds": "lit_fed.loop.asynchronous",
+    "ClientSpeeds": "lit_fed.loop.asynchronous",
+    "Constant": "lit_fed.loop.asynchronous",
+    "Exponential": "lit_fed.loop.asynchronous",
+    "Latency": "lit_fed.loop.asynchronous",
+    "LogNormal": "lit_fed.loop.asynchronous",
+    "Uniform": "lit_fed.loop.asynchronous",
+    "Attack": "lit_fed.loop.attacks",
+    "ByzantineAttack": "lit_fed.loop.attacks",
+    "GaussianNoise": "lit_fed.loop.attacks",
+    "LabelFlip": "lit_fed.loop.attacks",
+    "Scale": "lit_fed.loop.attacks",
+    "SignFlip": "lit_fed.loop.attacks",
+    "byzantine_clients": "lit_fed.loop.attacks",
+}
 
-__all__ += [
-    "Asynchronous",
-    "AsynchronousRounds",
-    "Attack",
-    "ByzantineAttack",
-    "ClientSpeeds",
-    "Constant",
-    "Exponential",
-    "GaussianNoise",
-    "LabelFlip",
-    "Latency",
-    "LogNormal",
-    "Scale",
-    "SignFlip",
-    "Uniform",
-    "byzantine_clients",
-]
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,39 +13,28 @@ Example:
     >>> loss = fedntd_loss(student, teacher, y, tau=1.0, beta=1.0)
 """
 
-from lit_fed.losses.contrastive import MOONContrastiveLoss, moon_contrastive
-from lit_fed.losses.distillation import (
-    NotTrueDistillationLoss,
-    SelfDistillationLoss,
-    fedlsd_loss,
-    fedntd_loss,
-    not_true_kl,
-    not_true_logits,
-    self_distillation_kl,
-)
-from lit_fed.losses.lipschitz import (
-    LipschitzAlignmentLoss,
-    lipschitz_constant,
-    lipschitz_mse,
-    scale_to_reference,
-    spectral_norm_power_iteration,
-    transmitting_matrix,
-)
+from __future__ import annotations
 
-__all__ = [
-    "LipschitzAlignmentLoss",
-    "MOONContrastiveLoss",
-    "NotTrueDistillationLoss",
-    "SelfDistillationLoss",
-    "fedlsd_loss",
-    "fedntd_loss",
-    "lipschitz_constant",
-    "lipschitz_mse",
-    "moon_contrastive",
-    "not_true_kl",
-    "not_true_logits",
-    "scale_to_reference",
-    "self_distillation_kl",
-    "spectral_norm_power_iteration",
-    "transmitting_matrix",
-]
+from lit_fed.utils.lazy import lazy_exports
+
+_EXPORTS: dict[str, str] = {
+    "MOONContrastiveLoss": "lit_fed.losses.contrastive",
+    "moon_contrastive": "lit_fed.losses.contrastive",
+    "NotTrueDistillationLoss": "lit_fed.losses.distillation",
+    "SelfDistillationLoss": "lit_fed.losses.distillation",
+    "fedlsd_loss": "lit_fed.losses.distillation",
+    "fedntd_loss": "lit_fed.losses.distillation",
+    "not_true_kl": "lit_fed.losses.distillation",
+    "not_true_logits": "lit_fed.losses.distillation",
+    "self_distillation_kl": "lit_fed.losses.distillation",
+    "LipschitzAlignmentLoss": "lit_fed.losses.lipschitz",
+    "lipschitz_constant": "lit_fed.losses.lipschitz",
+    "lipschitz_mse": "lit_fed.losses.lipschitz",
+    "scale_to_reference": "lit_fed.losses.lipschitz",
+    "spectral_norm_power_iteration": "lit_fed.losses.lipschitz",
+    "transmitting_matrix": "lit_fed.losses.lipschitz",
+}
+
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

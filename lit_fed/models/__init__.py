@@ -11,14 +11,15 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
 from lit_fed.models.cnn import MLP, FedAvgCNN, TinyCNN
 from lit_fed.models.contract import check_backbone_contract
 from lit_fed.models.resnet import BasicBlock, CifarResNet, resnet8, resnet18
-from lit_fed.models.timm_backbone import TimmBackbone
 from lit_fed.models.vit import Attention, Block, CharTransformer, TransformerBackbone, ViT, vit_cifar, vit_tiny
 
 __all__ = [
@@ -43,6 +44,21 @@ __all__ = [
     "resnet18",
 ]
 
+
+def __getattr__(name: str) -> Any:
+    """``TimmBackbone`` is imported on first use (PEP 562): importing timm takes seconds."""
+    if name == "TimmBackbone":
+        value = importlib.import_module("lit_fed.models.timm_backbone").TimmBackbone
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _timm_backbone(*args: Any, **kwargs: Any) -> nn.Module:
+    """Builds a :class:`~lit_fed.models.TimmBackbone` (imports timm on the first call)."""
+    return __getattr__("TimmBackbone")(*args, **kwargs)
+
+
 #: Registered model constructors, by name. Extend with :func:`register_model`.
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "fedavg_cnn": FedAvgCNN,
@@ -50,7 +66,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "resnet8": resnet8,
     "resnet18": resnet18,
-    "timm": TimmBackbone,
+    "timm": _timm_backbone,
     "vit": ViT,
     "vit_cifar": vit_cifar,
     "vit_tiny": vit_tiny,

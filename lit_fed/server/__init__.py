@@ -1,31 +1,32 @@
 """Server side: strategies, aggregation rules, client sampling, update validation."""
 
-from lit_fed.server.aggregation import Aggregator, WeightedMean, sample_weights
-from lit_fed.server.fedavg import FedAvg
-from lit_fed.server.fedopt import FedAdagrad, FedAdam, FedAvgM, FedOpt, FedYogi
-from lit_fed.server.sampling import ClientSampler, RoundParticipants
-from lit_fed.server.strategy import ServerContext, ServerStep, Strategy
-from lit_fed.server.validation import UpdateMismatchError, screen_updates
+from __future__ import annotations
 
-__all__ = [
-    "Aggregator",
-    "ClientSampler",
-    "FedAdagrad",
-    "FedAdam",
-    "FedAvg",
-    "FedAvgM",
-    "FedOpt",
-    "FedYogi",
-    "RoundParticipants",
-    "ServerContext",
-    "ServerStep",
-    "Strategy",
-    "UpdateMismatchError",
-    "WeightedMean",
-    "sample_weights",
-    "screen_updates",
-]
+from lit_fed.utils.lazy import lazy_exports
 
-from lit_fed.server.robust import CenteredClipping, CoordinateMedian, Krum, TrimmedMean  # noqa: E402
+_EXPORTS: dict[str, str] = {
+    "Aggregator": "lit_fed.server.aggregation",
+    "WeightedMean": "lit_fed.server.aggregation",
+    "sample_weights": "lit_fed.server.aggregation",
+    "FedAvg": "lit_fed.server.fedavg",
+    "FedAdagrad": "lit_fed.server.fedopt",
+    "FedAdam": "lit_fed.server.fedopt",
+    "FedAvgM": "lit_fed.server.fedopt",
+    "FedOpt": "lit_fed.server.fedopt",
+    "FedYogi": "lit_fed.server.fedopt",
+    "ClientSampler": "lit_fed.server.sampling",
+    "RoundParticipants": "lit_fed.server.sampling",
+    "ServerContext": "lit_fed.server.strategy",
+    "ServerStep": "lit_fed.server.strategy",
+    "Strategy": "lit_fed.server.strategy",
+    "UpdateMismatchError": "lit_fed.server.validation",
+    "screen_updates": "lit_fed.server.validation",
+    "CenteredClipping": "lit_fed.server.robust",
+    "CoordinateMedian": "lit_fed.server.robust",
+    "Krum": "lit_fed.server.robust",
+    "TrimmedMean": "lit_fed.server.robust",
+}
 
-__all__ += ["CenteredClipping", "CoordinateMedian", "Krum", "TrimmedMean"]
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
