@@ -65,8 +65,12 @@ class FederatedCLI(LightningCLI):
         self.trainer.report_callbacks = [SaveConfig(self)]
 
 
-def build_cli(args: Any = None, run: bool = True) -> FederatedCLI:
-    """Builds (and by default runs) the federated LightningCLI; ``args`` as for ``LightningCLI``."""
+def build_cli(args: Any = None, run: bool = True, exit_on_error: bool = True) -> FederatedCLI:
+    """Builds (and by default runs) the federated LightningCLI; ``args`` as for ``LightningCLI``.
+
+    ``exit_on_error=False`` raises a parse error as ``argparse.ArgumentError`` instead of printing the usage and
+    exiting (the ``lit-fed`` command prints it as one line).
+    """
     return FederatedCLI(
         FederatedClient,
         FederatedDataModule,
@@ -76,6 +80,7 @@ def build_cli(args: Any = None, run: bool = True) -> FederatedCLI:
         seed_everything_default=0,
         auto_configure_optimizers=False,
         save_config_callback=None,
+        parser_kwargs={"exit_on_error": exit_on_error},
         args=args,
         run=run,
     )

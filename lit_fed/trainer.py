@@ -22,6 +22,8 @@ from lit_fed.loop.backend import Backend, BackendName, resolve_backend
 from lit_fed.loop.callbacks import LoopCallback
 from lit_fed.loop.checkpoint import load_checkpoint
 from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
+from lit_fed.loop.presentation import global_label
+from lit_fed.loop.reporting import render_summary, summarize
 from lit_fed.loop.settings import FederationSettings
 from lit_fed.loop.state_store import ClientStateStore
 from lit_fed.server.strategy import ServerStep, Strategy
@@ -207,8 +209,10 @@ class FederatedTrainer(L.Trainer):
         loop = self.build_loop(model, datamodule)
         loop.setup()
         self.backend.load_client_states(loop, loop.restore(ckpt_path))
-        metrics = loop.evaluate()
-        Console().print({k: round(100 * v, 2) for k, v in metrics.items()})
+        number = loop.round + 1  # the round the checkpoint completed, 1-based as in the fit table
+        metrics = {"round": number, **loop.evaluate()}
+        caption = f"round {number} of {loop.last_checkpoint}; global accuracy on the {global_label(loop)}"
+        Console().print(render_summary(summarize([metrics]), {}, caption=caption))
         return [metrics]
 
     def validate(  # type: ignore[override]

@@ -26,7 +26,7 @@ def plot_accuracy(
 
     Args:
         panels: ``{panel title: {method label: history}}``; a history is the list of per-round metric dicts
-            (``round`` 0-based). Rounds without a metric (not evaluated) are left out of its line.
+            (``round`` 1-based). Rounds without a metric (not evaluated) are left out of its line.
         path: The PNG to write.
         metrics: ``(metric key, matplotlib format, description)`` per line kind; the same colour per method.
         suptitle: Optional figure title.
@@ -49,7 +49,7 @@ def plot_accuracy(
                 rows = [r for r in history if key in r]
                 if rows:
                     ax.plot(
-                        [r["round"] + 1 for r in rows],
+                        [r["round"] for r in rows],
                         [100 * r[key] for r in rows],
                         fmt,
                         color=f"C{i % 10}",

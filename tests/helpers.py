@@ -15,6 +15,7 @@ import torch
 
 from lit_fed.client.module import FederatedClient
 from lit_fed.data import Dirichlet, FederatedDataModule, Synthetic
+from lit_fed.loop.callbacks import LoopCallback
 from lit_fed.loop.federated_loop import FederatedLoop
 from lit_fed.loop.runner import SequentialRunner
 from lit_fed.loop.state_store import ClientStateStore
@@ -80,3 +81,27 @@ def global_model(loop: FederatedLoop) -> Iterator[Any]:
         yield module
     finally:
         module.train(was_training)
+
+
+def logged_rounds(run_dir: Path) -> list[int]:
+    """The round numbers (``step``) of the rows of ``run_dir/logs/metrics.csv``, in file order."""
+    import csv
+
+    with (Path(run_dir) / "logs" / "metrics.csv").open(newline="") as file:
+        return [int(row["step"]) for row in csv.DictReader(file)]
+
+
+class InterruptAt(LoopCallback):
+    """Raises ``KeyboardInterrupt`` (what Ctrl-C raises) when round ``at_round`` (1-based) ends, before its
+    checkpoint is written; only in a run that started from scratch, so the resumed run completes."""
+
+    def __init__(self, at_round: int) -> None:
+        self.at_round = at_round
+        self.fresh = True
+
+    def on_run_start(self, loop: FederatedLoop, start_round: int) -> None:
+        self.fresh = start_round == 0
+
+    def on_round_end(self, loop: FederatedLoop, round: int, metrics: dict[str, Any]) -> None:
+        if self.fresh and metrics["round"] == self.at_round:
+            raise KeyboardInterrupt

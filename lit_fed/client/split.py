@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import re
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 
@@ -85,7 +86,10 @@ class Head(ParameterSelector):
 
 
 class BatchNorm(ParameterSelector):
-    """Every BatchNorm layer's affine parameters and running statistics (FedBN, Li et al. 2021)."""
+    """Every BatchNorm layer's affine parameters and running statistics (FedBN, Li et al. 2021).
+
+    A model without BatchNorm layers gets a warning: nothing would be personal, and FedBN would silently be FedAvg.
+    """
 
     @override
     def select(self, model: nn.Module) -> set[str]:
@@ -93,6 +97,13 @@ class BatchNorm(ParameterSelector):
         for name, module in model.named_modules():
             if isinstance(module, _BatchNorm):
                 keys |= _module_keys(model, name)
+        if not keys:
+            warnings.warn(
+                f"BatchNorm(): {type(model).__name__} has no BatchNorm layer, so this selector makes nothing "
+                "personal (FedBN on it is FedAvg); use a model with BatchNorm layers or another selector",
+                UserWarning,
+                stacklevel=2,
+            )
         return keys
 
     def __repr__(self) -> str:

@@ -414,18 +414,19 @@ class FederatedDataModule(L.LightningDataModule):
         """Sizes and label diversity of the federation.
 
         Returns:
-            ``num_clients``; ``min_samples``/``mean_samples``/``max_samples`` (train + test per client);
+            ``num_clients``; ``min_train_samples``/``mean_train_samples``/``max_train_samples`` (per client, the
+            counts ``partition.csv`` and :meth:`plot_partition` show);
             ``train_samples``/``test_samples`` (totals over clients); ``classes_per_client_mean``/``_min``/
             ``_max`` (classes present in a client's train split); ``global_test_samples``.
         """
         built = self.built
-        sizes = np.diff(built.train_bounds) + np.diff(built.test_bounds)
+        sizes = np.diff(built.train_bounds)
         classes = (self.partition_histogram() > 0).sum(axis=1)
         return {
             "num_clients": self.num_clients,
-            "min_samples": int(sizes.min()),
-            "mean_samples": float(sizes.mean()),
-            "max_samples": int(sizes.max()),
+            "min_train_samples": int(sizes.min()),
+            "mean_train_samples": float(sizes.mean()),
+            "max_train_samples": int(sizes.max()),
             "train_samples": int(built.train_bounds[-1]),
             "test_samples": int(built.test_bounds[-1]),
             "classes_per_client_mean": float(classes.mean()),

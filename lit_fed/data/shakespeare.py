@@ -444,16 +444,16 @@ class ShakespeareDataModule(FederatedDataModule):
 
     @override
     def partition_summary(self) -> dict[str, float | int]:
-        """Clients, speeches and windows (train + test per client), vocabulary size."""
+        """Clients, speeches, training windows per client (``*_train_samples``), vocabulary size."""
         corpus = self.corpus
-        windows = np.array([s.numel() for s in corpus.train_starts]) + np.array([s.numel() for s in corpus.test_starts])
+        windows = np.array([s.numel() for s in corpus.train_starts])
         speeches = np.array(corpus.train_speeches) + np.array(corpus.test_speeches)
         return {
             "num_clients": self.num_clients,
             "vocab_size": self.num_classes,
-            "min_samples": int(windows.min()),
-            "mean_samples": float(windows.mean()),
-            "max_samples": int(windows.max()),
+            "min_train_samples": int(windows.min()),
+            "mean_train_samples": float(windows.mean()),
+            "max_train_samples": int(windows.max()),
             "train_samples": int(sum(s.numel() for s in corpus.train_starts)),
             "test_samples": int(sum(s.numel() for s in corpus.test_starts)),
             "min_speeches": int(speeches.min()),

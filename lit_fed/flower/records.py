@@ -13,7 +13,8 @@ with stype :data:`RAW_STYPE`. Layout of a Flower message's :class:`~flwr.app.Rec
 * evaluate instruction: a :class:`~lit_fed.client.payloads.ServerMessage` (the client's model: global state and
   extras) laid out as a train instruction, whose bookkeeping names the personal-state version to evaluate; reply
   (:class:`~lit_fed.metrics.evaluation.ClientEvaluation`): the metric states ``accuracy`` and ``class_stats`` and
-  ``lit_fed`` (client id, class count).
+  ``lit_fed`` (client id, class count); for a user module evaluated by its own ``validation_step``, ``logged``
+  (the tensors of its logged metric states) and ``lit_fed`` (client id, the rest of what it logged as JSON).
 * task instruction and reply: any :class:`~lit_fed.client.payloads.Payload` (a method's
   :class:`~lit_fed.client.tasks.ClientTask`, its answer) through :mod:`lit_fed.client.codec`: its tensors in
   ``tensors`` (an ArrayRecord) and its description in ``lit_fed`` (``spec``, JSON), plus the instruction's
@@ -35,6 +36,7 @@ from torch import Tensor
 from lit_fed.client.codec import pack, spec_from_text, spec_to_text, unpack
 from lit_fed.client.payloads import ClientUpdate, ServerMessage, StateDict
 from lit_fed.metrics.evaluation import ClientEvaluation, new_accuracy, new_class_stats
+from lit_fed.metrics.logged import LoggedMetrics
 
 RAW_STYPE = "lit_fed.torch.raw"
 """Serialization type of tensors NumPy cannot hold: raw little-endian bytes of the torch dtype named in ``dtype``."""
@@ -134,7 +136,7 @@ def message_to_recorddict(message: ServerMessage, bookkeeping: NodeBookkeeping |
             meta["config_json"] = json.dumps(other)
         except TypeError as error:
             raise TypeError(
-                f"ServerMessage.config of client {message.client_id}, round {message.round}: values {sorted(other)} "
+                f"ServerMessage.config of client {message.client_id}, round {message.round + 1}: values {sorted(other)} "
                 "are neither Flower config values nor JSON"
             ) from error
     return RecordDict(
@@ -237,7 +239,16 @@ def read_payload_bookkeeping(content: RecordDict) -> NodeBookkeeping:
 
 
 def evaluation_to_recorddict(evaluation: ClientEvaluation) -> RecordDict:
-    """The Flower content of an evaluate reply: the client's metric states."""
+    """The Flower content of an evaluate reply: the client's metric states (or, for a user module, what it logged)."""
+    if evaluation.logged is not None:
+        tensors, spec = pack(evaluation.logged.to_payload())
+        return RecordDict(
+            {
+                "logged": state_to_record(tensors),
+                _META: ConfigRecord({"client_id": evaluation.client_id, "logged_spec": spec_to_text(spec)}),
+            }
+        )
+    assert evaluation.accuracy is not None and evaluation.class_stats is not None
     num_classes = int(evaluation.accuracy.num_classes)  # type: ignore[arg-type]
     return RecordDict(
         {
@@ -251,6 +262,9 @@ def evaluation_to_recorddict(evaluation: ClientEvaluation) -> RecordDict:
 def recorddict_to_evaluation(content: RecordDict) -> ClientEvaluation:
     """The :class:`ClientEvaluation` an evaluate reply carries (metrics rebuilt from their merged states)."""
     meta = _meta(content, "evaluate reply")
+    if "logged_spec" in meta:
+        payload = unpack(record_to_state(content.array_records["logged"]), spec_from_text(str(meta["logged_spec"])))
+        return ClientEvaluation(client_id=int(meta["client_id"]), logged=LoggedMetrics.from_payload(payload))  # type: ignore[arg-type]
     num_classes = int(meta["num_classes"])  # type: ignore[arg-type]
     accuracy, class_stats = new_accuracy(num_classes), new_class_stats(num_classes)
     accuracy.merge_state(record_to_state(content.array_records["accuracy"]))

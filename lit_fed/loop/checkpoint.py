@@ -29,8 +29,8 @@ _REQUIRED = {"round", "fingerprint", "global_state", "strategy", "history"}
 
 
 def round_checkpoint_path(directory: Path, round: int) -> Path:
-    """``<directory>/round_<round>.ckpt`` (zero-padded)."""
-    return directory / f"round_{round:05d}.ckpt"
+    """``<directory>/round_<n>.ckpt`` after the ``round`` (0-based) index, named by its number ``n = round + 1``."""
+    return directory / f"round_{round + 1:05d}.ckpt"
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from lit_fed.loop.asynchronous import Asynchronous
 
 CLIENT_TRAINER_DEFAULTS: dict[str, Any] = {
+    "devices": 1,  # one device per client fit; "auto" would take every GPU of the machine (see _refuse_multi_device)
     "barebones": True,  # Lightning's raw-speed mode: no per-step logging bookkeeping (overridable)
     "logger": False,
     "enable_checkpointing": False,
@@ -29,17 +30,23 @@ def _refuse_multi_device(trainer_kwargs: dict[str, Any]) -> None:
 
     Parallel clients (the Flower backend, one device per client) are the supported way to use several devices.
     """
-    devices = trainer_kwargs.get("devices", "auto")
-    many = (
-        (isinstance(devices, int) and not isinstance(devices, bool) and (devices > 1 or devices == -1))
-        or (isinstance(devices, list | tuple) and len(devices) > 1)
-        or (isinstance(devices, str) and devices not in ("auto", "1") and ("," in devices or devices == "-1"))
+    devices = trainer_kwargs.get("devices", 1)
+    count = devices
+    if isinstance(devices, str):  # the command line gives "2", "-1" or "0,1"
+        text = devices.strip()
+        count = (
+            [p for p in text.split(",") if p.strip()]
+            if "," in text
+            else (int(text) if text.lstrip("-").isdigit() else 1)
+        )
+    many = (isinstance(count, int) and not isinstance(count, bool) and (count > 1 or count == -1)) or (
+        isinstance(count, list | tuple) and len(count) > 1
     )
     if many or int(trainer_kwargs.get("num_nodes", 1)) > 1:
         raise ValueError(
             f"devices={devices!r}: a client's fit runs on one device (one process trains the federation's clients "
             "in turn; a multi-device strategy would start the whole federation in every process). To use several "
-            "devices, train clients in parallel: trainer.backend: flower-simulation with "
+            "devices, train clients in parallel on the Flower backend: trainer.backend: flower-simulation with "
             "client_resources: {num_gpus: 1} (or a fraction to share a device)"
         )
 

@@ -583,13 +583,13 @@ class HypernetworkClient(FederatedClient):
         missing = [k for k in keys if k not in message.extras]
         if missing:
             raise KeyError(
-                f"client {message.client_id}, round {message.round}: the server message lacks the generated tensor "
+                f"client {message.client_id}, round {message.round + 1}: the server message lacks the generated tensor "
                 f"'{missing[0]}' ({len(missing)} missing) — pair this client with a hypernetwork strategy "
                 "(PFedHN, FedTP)"
             )
         self.load_state(
             {k: message.extras[k] for k in keys},
-            what=f"generated tensors for client {message.client_id}, round {message.round},",
+            what=f"generated tensors for client {message.client_id}, round {message.round + 1},",
         )
         self._generated_supplied = True
 

@@ -24,7 +24,7 @@ class UpdateMismatchError(ValueError):
 
 def check_update_structure(update: ClientUpdate, global_state: StateDict) -> None:
     """Raises :class:`UpdateMismatchError` if the update's keys/shapes differ from the global state's."""
-    where = f"client {update.client_id}, round {update.round}"
+    where = f"client {update.client_id}, round {update.round + 1}"
     missing = [k for k in global_state if k not in update.state]
     unknown = [k for k in update.state if k not in global_state]
     if missing:
@@ -73,7 +73,7 @@ def screen_updates(
             rejected.append(
                 (
                     update,
-                    f"client {update.client_id}, round {update.round}: non-finite values in '{bad}', rejected",
+                    f"client {update.client_id}, round {update.round + 1}: non-finite values in '{bad}', rejected",
                 )
             )
     return accepted, rejected
@@ -154,4 +154,4 @@ class ExplosionScreen:
 
 
 def _where(update: ClientUpdate) -> str:
-    return f"client {update.client_id}, round {update.round}"
+    return f"client {update.client_id}, round {update.round + 1}"

@@ -249,7 +249,7 @@ def plot(results: dict[str, dict[str, dict[str, Any]]], path: str | Path) -> Pat
         ):
             ax = axes[row][col]
             for method in _ordered(list(by_method), METHOD_ORDER):
-                points = [(h["round"] + 1, 100 * h[key]) for h in by_method[method]["history"] if key in h]
+                points = [(h["round"], 100 * h[key]) for h in by_method[method]["history"] if key in h]
                 if points:
                     xs, ys = zip(*points, strict=True)
                     marker = "o" if len(points) < 30 else None

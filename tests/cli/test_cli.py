@@ -126,7 +126,7 @@ def test_resume_through_ckpt_path(tmp_path):
     common = [*BASE, "--trainer.run_dir", str(run_dir), "--trainer.progress", "false"]
     build_cli(args=["fit", *common, "--trainer.rounds", "1"])
     cli = build_cli(args=["fit", *common, "--trainer.rounds", "2", "--ckpt_path", str(run_dir / "checkpoints")])
-    assert [h["round"] for h in cli.trainer.federated_result.history] == [0, 1]
+    assert [h["round"] for h in cli.trainer.federated_result.history] == [1, 2]
 
 
 @pytest.mark.parametrize(

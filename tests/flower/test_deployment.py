@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("flwr")
 
 import torch  # noqa: E402
+from helpers import logged_rounds  # noqa: E402
 
 from lit_fed.cli import build_cli  # noqa: E402
 from lit_fed.loop.checkpoint import load_checkpoint  # noqa: E402
@@ -66,10 +67,10 @@ def test_loopback_deployment_trains_the_sequential_model_resumes_and_cleans_up(t
         assert files == ["r0.pt", "r1.pt"]
     assert os.path.exists(run_dir / "logs" / "metrics.csv")
 
-    # resumed from round 0 (the nodes forget their round-1 heads and train round 1 again): the same model
-    launch(run_dir, tmp_path / "logs_resumed", "--resume-from", str(run_dir / "checkpoints" / "round_00000.ckpt"))
+    # resumed after round 1 (the nodes forget their round-1 heads and train round 1 again): the same model
+    launch(run_dir, tmp_path / "logs_resumed", "--resume-from", str(run_dir / "checkpoints" / "round_00001.ckpt"))
     resumed = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    assert resumed["round"] == 1 and (run_dir / "logs" / "resumed_at_round_1" / "metrics.csv").exists()
+    assert resumed["round"] == 1 and logged_rounds(run_dir) == [1, 2]  # appended to the same metrics.csv
     for key, value in expected.global_state.items():
         torch.testing.assert_close(resumed["global_state"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     assert resumed["history"][-1]["personal_acc"] == pytest.approx(want["personal_acc"], rel=1e-5, abs=1e-6)

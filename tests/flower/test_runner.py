@@ -108,7 +108,7 @@ def test_a_resume_from_the_oldest_kept_checkpoint_finds_its_node_state(client_fa
         "r3.pt",
         "r4.pt",
     ]
-    resumed_loop, resumed = loop(tmp_path / "resumed", tmp_path / "run/checkpoints/round_00001.ckpt")
+    resumed_loop, resumed = loop(tmp_path / "resumed", tmp_path / "run/checkpoints/round_00002.ckpt")
     assert resumed_loop.runner.messages.count("train") == 3 * 2
     for key, value in full.global_state.items():
         assert torch.equal(resumed.global_state[key], value), key

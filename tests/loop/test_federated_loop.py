@@ -194,7 +194,7 @@ def test_nonfinite_update_is_rejected_and_the_run_continues(datamodule, tmp_path
         _, result = run_loop(client, datamodule, tmp_path, "f", rounds=2)
     assert [h["rejected"] for h in result.history] == [1, 1]
     assert all(torch.isfinite(v).all() for v in result.global_state.values() if v.is_floating_point())
-    assert "client 1, round 0: non-finite values" in caplog.text
+    assert "client 1, round 1: non-finite values" in caplog.text
 
 
 def test_local_steps_bound_the_number_of_optimizer_steps(client_factory, datamodule, tmp_path):

@@ -168,7 +168,7 @@ def test_feddg_config_runs_two_rounds_via_the_cli(tmp_path):
     ]
     cli = build_cli(args=args)
     history = cli.trainer.federated_result.history
-    assert [h["round"] for h in history] == [0, 1]
+    assert [h["round"] for h in history] == [1, 2]
     strategy = cli.trainer.server
     assert isinstance(strategy, FedDGStrategy) and sorted(strategy.bank) == [0, 1, 2, 3]
     # round 0: amplitudes uploaded (up > down); round 1: the bank is downloaded (down > up)

@@ -467,7 +467,7 @@ def test_config_runs_reports_shot_groups_and_resumes_to_the_same_numbers(config,
         for group in ("many", "medium", "few"):
             assert 0.0 <= last[f"{prefix}_{group}"] <= 1.0
     resumed = cli_fit(
-        config, tmp_path / "resumed", 2, "--ckpt_path", str(tmp_path / "full/checkpoints/round_00000.ckpt")
+        config, tmp_path / "resumed", 2, "--ckpt_path", str(tmp_path / "full/checkpoints/round_00001.ckpt")
     )
     keys = [k for k in last if "acc" in k or k == "train_loss"]
     assert {k: resumed.history[-1][k] for k in keys} == {k: last[k] for k in keys}
