@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +105,26 @@ class InterruptAt(LoopCallback):
     def on_round_end(self, loop: FederatedLoop, round: int, metrics: dict[str, Any]) -> None:
         if self.fresh and metrics["round"] == self.at_round:
             raise KeyboardInterrupt
+
+
+SMALL_SOURCE = Synthetic(num_classes=4, num_train=400, num_test=200, image_size=8, channels=1, seed=0)
+"""The data tests' source: 400 training and 200 test 8x8 grey images, 4 classes."""
+
+
+def small_datamodule(seed: int = 0, **overrides: Any) -> FederatedDataModule:
+    """:data:`SMALL_SOURCE` split Dirichlet(0.5) over 5 clients, batch 8 (``overrides`` replace any argument)."""
+    arguments: dict[str, Any] = {
+        "dataset": SMALL_SOURCE,
+        "partitioner": Dirichlet(alpha=0.5, min_size=10),
+        "num_clients": 5,
+        "batch_size": 8,
+        "eval_batch_size": 32,
+        "seed": seed,
+        **overrides,
+    }
+    return FederatedDataModule(**arguments)
+
+
+def batches(loader: Iterable[Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The ``(x, y)`` batches of ``loader``, copied."""
+    return [(x.clone(), y.clone()) for x, y in loader]

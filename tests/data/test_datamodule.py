@@ -5,30 +5,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import SMALL_SOURCE, batches, small_datamodule
 
 from lit_fed.data import FederatedDataModule
 from lit_fed.data.batching import random_crop_flip
 from lit_fed.data.datasets import Digits, FashionMNIST, Synthetic
 from lit_fed.data.partition import IID, Dirichlet, Pathological, long_tail_class_sizes
 
-SOURCE = Synthetic(num_classes=4, num_train=400, num_test=200, image_size=8, channels=1, seed=0)
+SOURCE = SMALL_SOURCE
 
 
 def make_dm(**overrides) -> FederatedDataModule:
-    arguments = {
-        "dataset": SOURCE,
-        "partitioner": Dirichlet(alpha=0.5, min_size=10),
-        "num_clients": 5,
-        "batch_size": 8,
-        "eval_batch_size": 32,
-        "seed": 0,
-    }
-    arguments.update(overrides)
-    return FederatedDataModule(**arguments)
-
-
-def batches(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(x.clone(), y.clone()) for x, y in loader]
+    return small_datamodule(**{"seed": 0, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -3,23 +3,16 @@
 import numpy as np
 import pytest
 import torch
+from helpers import SMALL_SOURCE, small_datamodule
 
-from lit_fed.data import IID, ClientArrays, ClientDataModule, Dirichlet, FederatedDataModule, Synthetic
+from lit_fed.data import IID, ClientArrays, ClientDataModule, FederatedDataModule
 from lit_fed.data.datasets import ArrayDataset, DatasetSource
 
-SOURCE = Synthetic(num_classes=4, num_train=400, num_test=200, image_size=8, channels=1, seed=0)
+SOURCE = SMALL_SOURCE
 
 
 def make_dm(**overrides) -> FederatedDataModule:
-    arguments = {
-        "dataset": SOURCE,
-        "partitioner": Dirichlet(alpha=0.5, min_size=10),
-        "num_clients": 5,
-        "batch_size": 8,
-        "eval_batch_size": 32,
-    }
-    arguments.update(overrides)
-    return FederatedDataModule(**arguments)
+    return small_datamodule(**{"seed": 0, **overrides})
 
 
 def raw_images(dm: FederatedDataModule) -> torch.Tensor:
