@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
@@ -347,11 +348,26 @@ class FederatedClient(FederationMixin, L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
 
 
-class _RegularizedTrainingStep:
-    """Adds ``extra_losses`` to a user LightningModule's own ``training_step`` result."""
+class _FederatedUserModule:
+    """What :func:`federate` mixes into a user's LightningModule class (before :class:`FederationMixin`).
+
+    * Automatic optimization: ``extra_losses`` are added to the loss its own ``training_step`` returns.
+    * Manual optimization: they are added to every loss passed to ``manual_backward`` (the module's own steps run
+      as written; with several ``manual_backward`` calls per optimizer step, each call gets the terms).
+    * Evaluation: the torchmetrics ``Metric`` objects it ``self.log``-s are captured, with their states at the end
+      of the validation epoch, so the server can pool them exactly (see :mod:`lit_fed.metrics.logged`).
+    * Pickling: instances pickle as ``(user class, state)`` and are rebuilt through :func:`federated_class`, so
+      the generated class never needs to be found by name.
+    """
+
+    _federated_base: type[L.LightningModule]
+    _metric_capture: dict[str, Metric] | None = None
+    _captured_states: dict[str, dict[str, Any]] | None = None
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         result = super().training_step(*args, **kwargs)  # type: ignore[misc]
+        if not self.automatic_optimization:  # type: ignore[attr-defined]
+            return result  # the terms went into manual_backward
         loss = result["loss"] if isinstance(result, dict) else result
         if loss is None:
             return result
@@ -362,8 +378,66 @@ class _RegularizedTrainingStep:
             return {**result, "loss": loss}
         return loss
 
+    def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """The module's own ``manual_backward``, on its loss plus the method's ``extra_losses``."""
+        for term in self.extra_losses(None, None).values():  # type: ignore[attr-defined]
+            loss = loss + term
+        self.record_training_loss(loss)  # type: ignore[attr-defined]
+        super().manual_backward(loss, *args, **kwargs)  # type: ignore[misc]
+
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        """Lightning's ``log``; a ``Metric`` logged while an evaluation captures is remembered by its name."""
+        if self._metric_capture is not None and isinstance(value, Metric):
+            self._metric_capture[name] = value
+        super().log(name, value, *args, **kwargs)  # type: ignore[misc]
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()  # type: ignore[misc]
+        if self._metric_capture is not None:  # before Lightning computes and resets the logged metrics
+            self._captured_states = {name: _metric_state(m) for name, m in self._metric_capture.items()}
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        state = self.__getstate__()  # type: ignore[attr-defined]
+        state = {k: v for k, v in state.items() if k not in ("_metric_capture", "_captured_states")}
+        return (_rebuild_federated, (self._federated_base,), state)
+
+
+def _metric_state(metric: Metric) -> dict[str, Any]:
+    """Detached CPU copies of a metric's states (list states as lists)."""
+    out: dict[str, Any] = {}
+    for key, value in metric.metric_state.items():
+        if isinstance(value, list):
+            out[key] = [v.detach().to("cpu", copy=True) for v in value]
+        else:
+            out[key] = value.detach().to("cpu", copy=True)
+    return out
+
 
 _FEDERATED_CLASSES: dict[type, type] = {}
+
+
+def federated_class(cls: type[L.LightningModule]) -> type[L.LightningModule]:
+    """The federated client class of a user's LightningModule class (created once per process, then reused)."""
+    federated_cls = _FEDERATED_CLASSES.get(cls)
+    if federated_cls is None:
+        federated_cls = type(
+            f"Federated{cls.__name__}",
+            (_FederatedUserModule, FederationMixin, cls),
+            {"_federated_base": cls, "__module__": cls.__module__},
+        )
+        _FEDERATED_CLASSES[cls] = federated_cls
+    return federated_cls
+
+
+def _rebuild_federated(cls: type[L.LightningModule]) -> L.LightningModule:
+    """An empty instance of ``federated_class(cls)``; pickle then restores its state (``__setstate__``)."""
+    federated_cls = federated_class(cls)
+    return federated_cls.__new__(federated_cls)
+
+
+def is_user_module(module: Any) -> bool:
+    """Whether ``module`` is a user's LightningModule made federated by :func:`federate`."""
+    return isinstance(module, _FederatedUserModule)
 
 
 def federate(
@@ -373,13 +447,17 @@ def federate(
 ) -> L.LightningModule:
     """Gives a user's LightningModule the federated client protocol, without rewriting it.
 
-    The instance keeps its own ``training_step``, optimizers and logging; the returned object is the same
-    instance, re-classed to a subclass that mixes in :class:`FederationMixin` and adds the regularizers'
-    terms (e.g. FedProx's proximal term) to the loss its ``training_step`` returns. Evaluation uses its
-    ``forward`` as class scores.
+    The instance keeps its own ``training_step``, ``validation_step``, optimizers, schedulers, callbacks, hooks
+    and logging; the returned object is the same instance, re-classed to :func:`federated_class` of its class,
+    which mixes in :class:`FederationMixin` and adds the regularizers' terms (e.g. FedProx's proximal term) to
+    the loss its ``training_step`` returns (with manual optimization: to every loss it passes to
+    ``manual_backward``). Its batches are whatever its steps take. It pickles (as its class and state), so it
+    runs on Flower's nodes. In a federated run each client evaluates it with its own ``validation_step``
+    (through ``Trainer.validate``) and the server pools what it logs; a module without ``validation_step`` is
+    evaluated as a classifier (``forward`` as class scores) on ``(x, y)`` data, and not at all on other data.
 
     Args:
-        module: Any LightningModule using automatic optimization.
+        module: Any LightningModule.
         personal: Selectors of personal parameters (e.g. ``[Modules(["net.fc"])]``, ``[BatchNorm()]``).
         regularizers: Parameter loss terms such as :class:`~lit_fed.client.regularizers.ProximalTerm`.
 
@@ -389,14 +467,6 @@ def federate(
     if isinstance(module, FederationMixin):
         module.init_federation(personal, regularizers)
         return module
-    if not module.automatic_optimization:
-        raise ValueError(f"federate: {type(module).__name__} uses manual optimization, which is not supported")
-    cls = type(module)
-    federated_cls = _FEDERATED_CLASSES.get(cls)
-    if federated_cls is None:
-        federated_cls = type(f"Federated{cls.__name__}", (_RegularizedTrainingStep, FederationMixin, cls), {})
-        federated_cls.__module__ = cls.__module__
-        _FEDERATED_CLASSES[cls] = federated_cls
-    module.__class__ = federated_cls
+    module.__class__ = federated_class(type(module))
     module.init_federation(personal, regularizers)  # type: ignore[attr-defined]
     return module

@@ -29,6 +29,7 @@ from lit_fed.client.payloads import ClientUpdate, Payload, ServerMessage, StateD
 from lit_fed.data.protocol import FederatedData
 from lit_fed.loop.state_store import ClientStateStore, InMemoryStateStore
 from lit_fed.metrics.evaluation import ClientEvaluation, accumulate_accuracy, new_accuracy, new_class_stats
+from lit_fed.metrics.logged import LoggedMetrics, evaluation_mode, evaluation_trainer_kwargs, validate_logged
 from lit_fed.utils.lightning import cached_callback_discovery, quiet_lightning, seed_torch
 from lit_fed.utils.seeding import derive_seed
 
@@ -208,6 +209,8 @@ class ClientWorker:
         which is then loaded once.
         """
         self.setup()
+        if self.evaluates_logged:
+            return self._evaluate_logged(messages)
         num_classes = int(self.data.num_classes)
         results = []
         loaded: StateDict | None = None  # the global model, loaded once for the clients that all evaluate it
@@ -233,6 +236,27 @@ class ClientWorker:
                     also=[stats],
                 )
                 results.append(ClientEvaluation(client_id=cid, accuracy=accuracy, class_stats=stats))
+        return results
+
+    @property
+    def evaluates_logged(self) -> bool:
+        """Whether clients are evaluated by the module's own ``validation_step`` (a federated user module's)."""
+        return evaluation_mode(self.module, self.data) == "logged"
+
+    def _evaluate_logged(self, messages: Sequence[ServerMessage]) -> list[ClientEvaluation]:
+        """Each message's client model through ``Trainer.validate`` on the client's validation batches."""
+        kwargs = evaluation_trainer_kwargs(self.settings.trainer_kwargs, self._trainer_kwargs)
+        results = []
+        with quiet_lightning(), cached_callback_discovery(), self._on_eval_device() as module:
+            for message in messages:
+                cid = message.client_id
+                dataloader = self.data.client_test_dataloader(cid)
+                if dataloader is None:  # a client without validation data
+                    results.append(ClientEvaluation(client_id=cid, logged=LoggedMetrics(num_samples=0)))
+                    continue
+                load_model(module, self.personal_state_of(cid), message)
+                logged = validate_logged(module, dataloader, kwargs)
+                results.append(ClientEvaluation(client_id=cid, logged=logged))
         return results
 
     # -- method tasks ------------------------------------------------------------------------------------

@@ -342,7 +342,7 @@ class FederatedLoop:
                     self.save_checkpoint(rnd)
         result = FederatedResult(
             history=self.history,
-            summary=summarize(self.history),
+            summary=summarize(self.history, self.evaluation.summary_keys),
             global_state=self.global_state,
             run_dir=self.settings.run_dir,
             last_checkpoint=self.last_checkpoint,

@@ -4,8 +4,9 @@
   the partition's summary as hyper-parameters;
 * :class:`RoundProgress` — a rich progress bar over rounds with the last accuracies;
 * :class:`SummaryTable` — the last/best table and the communication totals after the last round;
-* :class:`RunReport` — ``accuracy.png``, ``communication.csv``, ``partition.csv``, ``partition.png`` and
-  ``partition.json`` (the clients' indices, reloadable with :class:`~lit_fed.data.SavedPartition`).
+* :class:`RunReport` — ``accuracy.png`` (and ``metrics.png`` of a user module's own logged metrics),
+  ``communication.csv``, ``partition.csv``, ``partition.png`` and ``partition.json`` (the clients' indices,
+  reloadable with :class:`~lit_fed.data.SavedPartition`).
 
 :func:`presentation_callbacks` is what a loop adds after the user's callbacks (so they see every metric).
 """
@@ -20,7 +21,7 @@ from typing_extensions import override
 
 from lit_fed.data.protocol import PartitionReport
 from lit_fed.loop.callbacks import LoopCallback
-from lit_fed.loop.reporting import plot_accuracy, render_summary
+from lit_fed.loop.reporting import plot_accuracy, plot_metrics, render_summary
 
 if TYPE_CHECKING:
     from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
@@ -172,6 +173,10 @@ class RunReport(LoopCallback):
         result.artifacts["accuracy_plot"] = plot_accuracy(
             result.history, run_dir / "accuracy.png", global_label=_global_label(loop)
         )
+        if loop.evaluation.summary_keys:  # a user module's own logged metrics
+            result.artifacts["metrics_plot"] = plot_metrics(
+                result.history, loop.evaluation.summary_keys, run_dir / "metrics.png"
+            )
         path = run_dir / "communication.csv"
         lines = ["client,bytes_down,bytes_up"]
         for cid in range(loop.num_clients):

@@ -19,20 +19,27 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassStatScores
 
+from lit_fed.metrics.logged import LoggedMetrics
+
 
 @dataclass
 class ClientEvaluation:
     """One client's personalized evaluation on its own test split, as mergeable metric states.
 
+    A classification client reports ``accuracy`` and ``class_stats``; a user module evaluated by its own
+    ``validation_step`` reports ``logged`` instead (see :mod:`lit_fed.metrics.logged`).
+
     Attributes:
         client_id: The evaluated client.
         accuracy: Its micro accuracy (``correct / total``) metric.
         class_stats: Its per-class ``[tp, fp, tn, fn, support]`` counts (for shot-group accuracy).
+        logged: What the module's own ``validation_step`` logged (user modules).
     """
 
     client_id: int
-    accuracy: MulticlassAccuracy
-    class_stats: MulticlassStatScores
+    accuracy: MulticlassAccuracy | None = None
+    class_stats: MulticlassStatScores | None = None
+    logged: LoggedMetrics | None = None
 
 
 def new_accuracy(num_classes: int) -> MulticlassAccuracy:

@@ -44,6 +44,15 @@ class ManualModule(UserModule):
         super().__init__()
         self.automatic_optimization = False
 
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.manual_backward(loss)
+        self.grads = {k: p.grad.clone() for k, p in self.named_parameters()}
+        optimizer.step()
+
 
 def _batch(seed: int = 0, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
@@ -133,9 +142,21 @@ def test_personal_modules_set_the_personal_keys() -> None:
     assert loss.item() == pytest.approx(F.cross_entropy(module(x), y).item() + 0.5 * MU * 0.09 * 40, rel=1e-5)
 
 
-def test_manual_optimization_is_rejected() -> None:
-    with pytest.raises(ValueError, match="manual optimization"):
-        federate(ManualModule(), regularizers=[ProximalTerm(MU)])
+def test_manual_optimization_gets_the_proximal_term_in_manual_backward() -> None:
+    module = _federated(ManualModule)
+    w_g = _start_round_and_drift(module)
+    x, y = _batch(3, n=8)
+    trainer = L.Trainer(
+        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    start = {k: p.detach().clone() for k, p in module.named_parameters()}
+    reference = UserModule()
+    reference.load_state_dict(module.state_dict())
+    F.cross_entropy(reference(x), y).backward()
+    trainer.fit(module, train_dataloaders=DataLoader(TensorDataset(x, y), batch_size=8))
+    for key, param in reference.named_parameters():
+        torch.testing.assert_close(module.grads[key], param.grad + MU * (start[key] - w_g[key]))
+    assert module._loss_steps == 1  # the loss went into the round's train_loss
 
 
 def test_federated_user_module_trains_under_a_plain_trainer() -> None:
