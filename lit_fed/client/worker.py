@@ -8,7 +8,8 @@ client-side hooks of the loop callbacks. It answers three kinds of instruction, 
   personal state, ``receive_global``, one Lightning ``Trainer.fit`` on its data, ``build_update``, the callbacks'
   ``client_update``, store its personal state; returns the :class:`~lit_fed.client.payloads.ClientUpdate`;
 * :meth:`ClientWorker.evaluate` — messages describing each client's model (its personal state, the message's
-  global state and extras, then its ``personalize``); returns mergeable metric states;
+  global state and extras, then its ``personalize``); returns mergeable metric states (a user module's own logged
+  validation metrics, for a ``federate``-d module with a ``validation_step``);
 * :meth:`ClientWorker.run` — a method's :class:`~lit_fed.client.tasks.ClientTask`.
 
 The in-process runner drives one worker for all clients; a Flower node builds one from the same objects and drives
@@ -206,7 +207,8 @@ class ClientWorker:
         """Each message's client model (then its ``personalize``) on the client's own test split.
 
         Without personal state, local adaptation or per-client extras every client evaluates the global model,
-        which is then loaded once.
+        which is then loaded once. A federated user module with its own ``validation_step`` is evaluated by it,
+        through ``Trainer.validate`` on each client's validation batches (:mod:`lit_fed.metrics.logged`).
         """
         self.setup()
         if self.evaluates_logged:

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.demos.boring_classes import BoringDataModule, BoringModel, RandomDataset
-from lightning.pytorch.demos.lstm import LightningLSTM, SequenceSampler
+from lightning.pytorch.demos.lstm import LightningLSTM, SequenceSampler, SimpleLSTM
 from lightning.pytorch.demos.transformer import LightningTransformer, WikiText2
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics import MeanSquaredError
@@ -233,10 +233,17 @@ def lstm_loaders(client_id: int) -> tuple[DataLoader, None]:
     return DataLoader(dataset, batch_sampler=SequenceSampler(dataset, batch_size=4)), None
 
 
+def tiny_lstm() -> LightningLSTM:
+    """The demo module around the demo's own ``SimpleLSTM``, at a tiny size (its default is 4 x 512 units)."""
+    module = LightningLSTM(vocab_size=16)
+    module.model = SimpleLSTM(vocab_size=16, ninp=32, nhid=32, nlayers=2)
+    return module
+
+
 def test_lightning_lstm_federates_with_its_own_sequence_sampler(wikitext) -> None:
     data = functools.partial(ClientLoaders, lstm_loaders, 2)
     result, _, _ = check_both_methods_and_backends(
-        functools.partial(LightningLSTM, vocab_size=16),
+        tiny_lstm,
         data,
         wikitext / "runs",
         mu=0.01,
@@ -385,3 +392,44 @@ def test_boring_model_runs_on_ray_with_the_sequential_global_model(tmp_path) -> 
     simulated = backend.run(loop)
     assert_global_is_weighted_mean(simulated, strategy)
     assert_same_global(sequential, simulated)
+
+
+# -- no hidden rewrites --------------------------------------------------------------------------------------------
+class Seen(L.Callback):
+    """Counts training batches (a callback the module configures itself)."""
+
+    batches = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        Seen.batches += 1
+
+
+class HookedBoringModel(BoringModel):
+    """BoringModel with its own callbacks, clipping hook and a step-wise scheduler."""
+
+    clipped: list = []
+    lrs: list = []
+
+    def configure_callbacks(self):
+        return [Seen()]
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        HookedBoringModel.clipped.append(gradient_clip_val)
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        HookedBoringModel.lrs.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def test_the_modules_callbacks_clipping_hook_and_scheduler_run_in_every_client_fit(tmp_path) -> None:
+    Seen.batches, HookedBoringModel.clipped, HookedBoringModel.lrs = 0, [], []
+    run(HookedBoringModel, boring_data, tmp_path, rounds=1, trainer_kwargs={**CPU, "gradient_clip_val": 0.25})
+    # clients of 24 and 40 samples in batches of 8: 3 + 5 steps
+    assert Seen.batches == 8
+    assert HookedBoringModel.clipped == [0.25] * 8
+    assert HookedBoringModel.lrs == pytest.approx([0.1, 0.05, 0.025, 0.1, 0.05, 0.025, 0.0125, 0.00625])
