@@ -433,3 +433,25 @@ def test_the_modules_callbacks_clipping_hook_and_scheduler_run_in_every_client_f
     assert Seen.batches == 8
     assert HookedBoringModel.clipped == [0.25] * 8
     assert HookedBoringModel.lrs == pytest.approx([0.1, 0.05, 0.025, 0.1, 0.05, 0.025, 0.0125, 0.00625])
+
+
+class ManualBoringModel(BoringModel):
+    """BoringModel with manual optimization: its own zero_grad / manual_backward / step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        loss = self.step(batch)
+        self.manual_backward(loss)
+        optimizer.step()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_manual_optimization_federates_with_fedprox_on_both_backends(tmp_path) -> None:
+    check_both_methods_and_backends(ManualBoringModel, boring_data, tmp_path, mu=1.0)
