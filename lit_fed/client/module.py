@@ -123,10 +123,10 @@ class FederationMixin:
         missing = set(self.shared_keys()) - set(message.state)
         if missing:
             raise KeyError(
-                f"client {message.client_id}, round {message.round}: the server message lacks shared keys "
+                f"client {message.client_id}, round {message.round + 1}: the server message lacks shared keys "
                 f"{sorted(missing)[:5]}"
             )
-        self.load_state(message.state, what=f"server message to client {message.client_id}, round {message.round},")
+        self.load_state(message.state, what=f"server message to client {message.client_id}, round {message.round + 1},")
         self.client_id = message.client_id
         self.current_round = message.round
         for regularizer in self.regularizers:

@@ -73,7 +73,7 @@ def plot_accuracy(
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label in (("global_acc", f"global ({global_label})"), ("personal_acc", "personalized (pooled)")):
-        points = [(h["round"] + 1, 100 * h[key]) for h in history if key in h]
+        points = [(h["round"], 100 * h[key]) for h in history if key in h]
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
     from matplotlib.ticker import MaxNLocator
