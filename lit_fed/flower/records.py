@@ -136,7 +136,8 @@ def message_to_recorddict(message: ServerMessage, bookkeeping: NodeBookkeeping |
             meta["config_json"] = json.dumps(other)
         except TypeError as error:
             raise TypeError(
-                f"ServerMessage.config of client {message.client_id}, round {message.round + 1}: values {sorted(other)} "
+                f"ServerMessage.config of client {message.client_id}, round {message.round + 1}: "
+                f"values {sorted(other)} "
                 "are neither Flower config values nor JSON"
             ) from error
     return RecordDict(

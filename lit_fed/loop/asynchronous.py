@@ -393,12 +393,13 @@ class AsynchronousRounds(RoundStage):
             job = self.next_arrival()
             self.clock = job.arrival_time
             update = loop.receive_update(loop.runner.collect(loop, job.handle))
-            ok, nonfinite, exploded_now = self.screen([update], job.message.state)
-            rejected += nonfinite + exploded_now
-            exploded += exploded_now
-            if ok:
-                staleness.append(self.apply_update(loop, job, update))
-                accepted.append(update)
+            with loop.timer.measure("aggregate"):
+                ok, nonfinite, exploded_now = self.screen([update], job.message.state)
+                rejected += nonfinite + exploded_now
+                exploded += exploded_now
+                if ok:
+                    staleness.append(self.apply_update(loop, job, update))
+                    accepted.append(update)
             arrivals += 1
             self._fill(loop)  # the freed slot restarts from the current model
         histogram: dict[int, int] = {}

@@ -37,6 +37,7 @@ from lit_fed.loop.checkpoint import (
     round_checkpoint_path,
     save_checkpoint,
 )
+from lit_fed.loop.compatibility import check_model_accepts_data
 from lit_fed.loop.evaluation import RoundEvaluation
 from lit_fed.loop.fingerprint import run_fingerprint
 from lit_fed.loop.presentation import RoundLogging, presentation_callbacks
@@ -46,6 +47,7 @@ from lit_fed.loop.run_lock import run_directory_lock
 from lit_fed.loop.runner import ClientRunner, SequentialRunner
 from lit_fed.loop.settings import FederationSettings
 from lit_fed.loop.state_store import ClientStateStore
+from lit_fed.loop.timing import RoundTimer
 from lit_fed.metrics.communication import CommunicationMeter
 from lit_fed.metrics.evaluation import data_shot_groups
 from lit_fed.server.fedavg import FedAvg
@@ -154,6 +156,7 @@ class FederatedLoop:
         self.stage: RoundStage = self._stage()
         self.comm = CommunicationMeter()
         self.evaluation = RoundEvaluation(self)
+        self.timer = RoundTimer()
         self.eval_device = resolve_device(self.settings.trainer_kwargs)
         self.history: list[dict[str, Any]] = []
         self.global_state: StateDict = {}
@@ -200,6 +203,7 @@ class FederatedLoop:
         settings = self.settings
         self.datamodule.setup("fit")
         self.num_clients = int(self.datamodule.num_clients)
+        check_model_accepts_data(self.client, self.datamodule)
         self.global_state = self.client.shared_state()
         self.initial_personal = self.client.personal_state()
         self.shot_groups = data_shot_groups(self.datamodule, self.num_clients, *settings.shot_thresholds)
@@ -283,7 +287,13 @@ class FederatedLoop:
 
     # -- the run -----------------------------------------------------------------------------------------
     def run_round(self, rnd: int) -> dict[str, Any]:
-        """Runs one round and returns its metrics."""
+        """Runs one round (and writes its checkpoint when one is due) and returns its metrics.
+
+        The metrics hold the round's seconds per phase (:data:`~lit_fed.loop.timing.TIMING_KEYS`). The loop
+        callbacks see the round before its checkpoint is written (their state is part of it); the presentation
+        callbacks (logging, progress) after it, with ``checkpoint_seconds`` (which the round's own checkpoint
+        therefore lacks; the next one has it).
+        """
         self.round = self.context.round = rnd
         started = time.perf_counter()
         for callback in self.callbacks:
@@ -291,22 +301,40 @@ class FederatedLoop:
         self.comm.start_round()
         self._server_metrics.clear()
         self.evaluation.open_round()
+        self.timer.take("aggregate")
+        collect_start = time.perf_counter()
         collected = self.stage.collect(self, rnd)
+        steps_start = time.perf_counter()
+        in_stage = self.timer.take("aggregate")
         state = collected.global_state
         if collected.accepted:
             for step in self.steps:
                 state = step.run(state, collected.accepted, self.context)
         self.global_state = state
-        metrics: dict[str, Any] = {"round": rnd, **collected.metrics, **self.comm.round_metrics()}
+        metrics: dict[str, Any] = {"round": rnd + 1, **collected.metrics, **self.comm.round_metrics()}
         metrics.update(mean_client_metrics(collected.accepted))
         metrics.update(self._server_metrics)
+        steps_end = time.perf_counter()
+        evaluate_seconds = 0.0
         if self.settings.evaluates(rnd):
             metrics.update(self.evaluate())
+            evaluate_seconds = time.perf_counter() - steps_end
         metrics["round_seconds"] = time.perf_counter() - started
+        metrics["train_seconds"] = max(steps_start - collect_start - in_stage, 0.0)
+        metrics["aggregate_seconds"] = in_stage + (steps_end - steps_start)
+        metrics["evaluate_seconds"] = evaluate_seconds
         self.evaluation.forget()
-        for callback in self.all_callbacks:
+        for callback in self.callbacks:
             callback.on_round_end(self, rnd, metrics)
         self.history.append(metrics)
+        if self.settings.checkpoints(rnd):
+            checkpoint_start = time.perf_counter()
+            self.save_checkpoint(rnd)
+            metrics["checkpoint_seconds"] = time.perf_counter() - checkpoint_start  # not in its own checkpoint
+        else:
+            metrics["checkpoint_seconds"] = 0.0
+        for callback in self._presentation:
+            callback.on_round_end(self, rnd, metrics)
         return metrics
 
     def run(self, resume_from: str | Path | None = None) -> FederatedResult:
@@ -338,8 +366,6 @@ class FederatedLoop:
         with quiet_lightning():
             for rnd in range(start, self.settings.rounds):
                 self.run_round(rnd)
-                if self.settings.checkpoints(rnd):
-                    self.save_checkpoint(rnd)
         result = FederatedResult(
             history=self.history,
             summary=summarize(self.history, self.evaluation.summary_keys),

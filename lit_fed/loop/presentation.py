@@ -3,7 +3,8 @@
 * :class:`RoundLogging` — every round's scalar metrics to Lightning loggers (CSV, plus TensorBoard when installed),
   the partition's summary as hyper-parameters;
 * :class:`RoundProgress` — a rich progress bar over rounds with the last accuracies;
-* :class:`SummaryTable` — the last/best table and the communication totals after the last round;
+* :class:`SummaryTable` — the last/best table, the communication totals and the mean seconds per round spent
+  training, aggregating, evaluating and checkpointing, after the last round;
 * :class:`RunReport` — ``accuracy.png`` (and ``metrics.png`` of a user module's own logged metrics),
   ``communication.csv``, ``partition.csv``, ``partition.png`` and ``partition.json`` (the clients' indices,
   reloadable with :class:`~lit_fed.data.SavedPartition`).
@@ -13,6 +14,8 @@
 
 from __future__ import annotations
 
+import csv
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,12 +25,13 @@ from typing_extensions import override
 from lit_fed.data.protocol import PartitionReport
 from lit_fed.loop.callbacks import LoopCallback
 from lit_fed.loop.reporting import plot_accuracy, plot_metrics, render_summary
+from lit_fed.loop.timing import mean_round_timing
 
 if TYPE_CHECKING:
     from lit_fed.loop.federated_loop import FederatedLoop, FederatedResult
 
 
-def _global_label(loop: FederatedLoop) -> str:
+def global_label(loop: FederatedLoop) -> str:
     """What the global accuracy is measured on."""
     data = loop.datamodule
     return data.global_test_name if isinstance(data, PartitionReport) else "global test set"
@@ -48,12 +52,21 @@ def default_loggers(run_dir: Path, version: str = "") -> list[Any]:
     return loggers
 
 
+def _rows_before(path: Path, first_round: int) -> list[dict[str, str]]:
+    """The rows of the CSV ``path`` for rounds (``step``) before ``first_round`` (1-based); none if absent."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as file:
+        return [row for row in csv.DictReader(file) if row.get("step", "").isdigit() and int(row["step"]) < first_round]
+
+
 class RoundLogging(LoopCallback):
-    """Logs every round's scalar metrics (step = round) to Lightning loggers.
+    """Logs every round's scalar metrics (step = the round's number, 1-based) to Lightning loggers.
 
     Args:
-        loggers: The loggers; ``None``: :func:`default_loggers` in the run directory (a resumed run logs into its own
-            version, so the earlier rounds' logs stay intact).
+        loggers: The loggers; ``None``: :func:`default_loggers` in the run directory. A resumed run appends to the
+            same ``logs/metrics.csv``: the rows of the rounds its checkpoint holds are kept, and those of rounds
+            that ran after the checkpoint (an interrupted round) are dropped, as they run again.
     """
 
     def __init__(self, loggers: Sequence[Any] | None = None) -> None:
@@ -63,8 +76,15 @@ class RoundLogging(LoopCallback):
     @override
     def on_run_start(self, loop: FederatedLoop, start_round: int) -> None:
         if self.given is None:
-            version = "" if start_round == 0 else f"resumed_at_round_{start_round}"
-            self.loggers = default_loggers(loop.settings.run_dir, version=version)
+            self.loggers = default_loggers(loop.settings.run_dir)
+            kept = _rows_before(Path(self.loggers[0].log_dir) / "metrics.csv", start_round + 1) if start_round else []
+            with warnings.catch_warnings():  # the file is rewritten with the kept rows first, on purpose
+                warnings.filterwarnings("ignore", message="Experiment logs directory")
+                for row in kept:
+                    step = int(row.pop("step"))
+                    self.loggers[0].log_metrics({k: float(v) for k, v in row.items() if v != ""}, step=step)
+                if kept:
+                    self.loggers[0].save()
         else:
             self.loggers = list(self.given)
         if isinstance(loop.datamodule, PartitionReport):
@@ -77,7 +97,7 @@ class RoundLogging(LoopCallback):
     def on_round_end(self, loop: FederatedLoop, round: int, metrics: dict[str, Any]) -> None:
         scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and k != "round"}
         for logger in self.loggers:
-            logger.log_metrics(scalars, step=round)
+            logger.log_metrics(scalars, step=int(metrics["round"]))
             logger.save()
 
     @override
@@ -139,7 +159,7 @@ class RoundProgress(LoopCallback):
 
 
 class SummaryTable(LoopCallback):
-    """Prints the last/best accuracy table and the communication totals after the last round."""
+    """Prints the last/best accuracy table, the communication totals and the mean seconds per round per phase."""
 
     @override
     def on_run_end(self, loop: FederatedLoop, result: FederatedResult) -> None:
@@ -150,7 +170,9 @@ class SummaryTable(LoopCallback):
             "MB up (total)": loop.comm.total_up / 1e6,
             "rejected updates (total)": float(sum(h.get("rejected", 0) for h in result.history)),
         }
-        Console().print(render_summary(result.summary, totals, caption=f"global_acc: {_global_label(loop)}"))
+        for phase, seconds in mean_round_timing(result.history).items():
+            totals[f"s/round {phase} (mean)"] = seconds
+        Console().print(render_summary(result.summary, totals, caption=f"global_acc: {global_label(loop)}"))
 
 
 class RunReport(LoopCallback):
@@ -171,7 +193,7 @@ class RunReport(LoopCallback):
     def on_run_end(self, loop: FederatedLoop, result: FederatedResult) -> None:
         run_dir = loop.settings.run_dir
         result.artifacts["accuracy_plot"] = plot_accuracy(
-            result.history, run_dir / "accuracy.png", global_label=_global_label(loop)
+            result.history, run_dir / "accuracy.png", global_label=global_label(loop)
         )
         if loop.evaluation.summary_keys:  # a user module's own logged metrics
             result.artifacts["metrics_plot"] = plot_metrics(

@@ -5,6 +5,9 @@ the runner trains them → screen the updates → the strategy aggregates them. 
 (:class:`~lit_fed.loop.asynchronous.AsynchronousRounds`) replaces exactly this part, so everything after it in a
 round — server steps, evaluation, callbacks, logging, checkpoints — is the same code in both modes.
 
+A stage marks its server part (configuring, screening, aggregating) with ``loop.timer.measure("aggregate")``;
+the rest of :meth:`RoundStage.collect` counts as the clients' training time (:mod:`lit_fed.loop.timing`).
+
 A stage also says which versions of a client's personal state count (:meth:`RoundStage.state_bound`), which a
 backend that keeps personal state where the clients live (Flower nodes) uses to file and pick it.
 """
@@ -115,17 +118,19 @@ class SynchronousRounds(RoundStage):
     def collect(self, loop: FederatedLoop, round: int) -> CollectedRound:
         assert self.sampler is not None, "SynchronousRounds.setup() was not called"
         participants = self.sampler.sample(round)
-        messages = loop.strategy.configure_train(round, participants.reporting, loop.global_state)
+        with loop.timer.measure("aggregate"):
+            messages = loop.strategy.configure_train(round, participants.reporting, loop.global_state)
         for cid in participants.dropped:
             log.info("round %d: client %d dropped out (did not report)", round, cid)
         updates = loop.runner.train(loop, messages)
         self.trained_rounds = round + 1
-        accepted, nonfinite, exploded = self.screen(updates, loop.global_state)
-        state = loop.global_state
-        if accepted:
-            state = loop.strategy.aggregate_train(round, accepted, state)
-        else:
-            log.warning("round %d: no client update was accepted; the global state is unchanged", round)
+        with loop.timer.measure("aggregate"):
+            accepted, nonfinite, exploded = self.screen(updates, loop.global_state)
+            state = loop.global_state
+            if accepted:
+                state = loop.strategy.aggregate_train(round, accepted, state)
+            else:
+                log.warning("round %d: no client update was accepted; the global state is unchanged", round)
         metrics = {
             "clients": len(participants.sampled),
             "dropped": len(participants.dropped),
