@@ -16,7 +16,6 @@ import copy
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from lit_fed.loop.evaluation import RoundEvaluation
 from lit_fed.loop.fingerprint import run_fingerprint
 from lit_fed.loop.presentation import RoundLogging, presentation_callbacks
 from lit_fed.loop.reporting import summarize
+from lit_fed.loop.result import FederatedResult, mean_client_metrics
 from lit_fed.loop.rounds import RoundStage, SynchronousRounds
 from lit_fed.loop.run_lock import run_directory_lock
 from lit_fed.loop.runner import ClientRunner, SequentialRunner
@@ -55,36 +55,6 @@ from lit_fed.server.strategy import ServerContext, ServerStep, Strategy
 from lit_fed.utils.lightning import quiet_lightning
 
 log = logging.getLogger("lit_fed")
-
-
-@dataclass
-class FederatedResult:
-    """What a finished run returns.
-
-    Attributes:
-        history: One dict of scalar metrics per round.
-        summary: Last and best of each accuracy metric.
-        global_state: The final global state.
-        run_dir: Where logs, plots and checkpoints were written.
-        last_checkpoint: Path of the last round checkpoint (``None`` if checkpointing was off).
-        artifacts: Files the run wrote (plots, CSVs), by name.
-    """
-
-    history: list[dict[str, Any]]
-    summary: dict[str, dict[str, float]]
-    global_state: StateDict
-    run_dir: Path
-    last_checkpoint: Path | None = None
-    artifacts: dict[str, Path] = field(default_factory=dict)
-
-
-def mean_client_metrics(updates: Sequence[ClientUpdate]) -> dict[str, float]:
-    """The mean over clients of every scalar metric the updates report (``train_loss``, fidelity metrics, ...)."""
-    values: dict[str, list[float]] = {}
-    for update in updates:
-        for key, value in update.metrics.items():
-            values.setdefault(key, []).append(float(value))
-    return {key: sum(v) / len(v) for key, v in values.items()}
 
 
 def _unique_keys(kind: str, objects: Sequence[Any]) -> None:
