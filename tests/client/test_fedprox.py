@@ -1,4 +1,4 @@
-"""FedProx's proximal term ``μ/2 ‖w − w_g‖²`` (METHODS.md §1): value, gradient ``μ (w − w_g)``, precision."""
+"""FedProx's proximal term ``μ/2 ‖w − w_g‖²`` (Li et al., MLSys 2020): value, gradient ``μ (w − w_g)``, precision."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Shared/personal parameter split by module (METHODS.md §2)."""
+"""Shared/personal parameter split by module (FedPer, Arivazhagan et al. 2019; FedBN, Li et al. 2021)."""
 
 from __future__ import annotations
 

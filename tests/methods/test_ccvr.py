@@ -1,4 +1,7 @@
-"""CCVR (METHODS §3): pooled Gaussian = statistics of the union, classifier-only calibration, bytes, CLI resume."""
+"""CCVR (Luo et al., NeurIPS 2021):
+
+Pooled Gaussian = statistics of the union, classifier-only calibration, bytes, CLI resume.
+"""
 
 from __future__ import annotations
 

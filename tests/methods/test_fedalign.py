@@ -1,4 +1,4 @@
-"""FedAlign (METHODS §3): slice of the last stage, power-iteration spectral norm, μ·CE scaling, CLI."""
+"""FedAlign (Mendieta et al., CVPR 2022): slice of the last stage, power-iteration spectral norm, μ·CE scaling, CLI."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""FedGen (METHODS §3): generator shape, label-share weighting, diversity, schedules, label counts, state, CLI."""
+"""FedGen (Zhu et al., ICML 2021):
+
+Generator shape, label-share weighting, diversity, schedules, label counts, state, CLI.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""FedKD (METHODS §3, §6): mutual-distillation loss by hand, mentee-only upload, SVD energy rule, bytes, CLI."""
+"""FedKD (Wu et al., Nature Communications 2022):
+
+Mutual-distillation loss by hand, mentee-only upload, SVD energy rule, bytes, CLI.
+"""
 
 from __future__ import annotations
 

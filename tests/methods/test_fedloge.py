@@ -1,4 +1,4 @@
-"""FedLoGe (Xiao et al., ICLR 2024; METHODS §5): SSE-C construction, the three-loss client, GLA-FR, the CLI contract.
+"""FedLoGe (Xiao et al., ICLR 2024): SSE-C construction, the three-loss client, GLA-FR, the CLI contract.
 
 Every test here checks a property that breaks when the method is implemented wrongly: the SSE-C geometry and
 sparsity, that SSE-C never moves, that no gradient reaches the backbone from ψ or φ_k, which state is shared or
@@ -329,7 +329,7 @@ def test_global_realignment_gives_every_class_norm_1_7_and_keeps_directions():
 
 def test_norm_transfer_carries_the_local_head_norms():
     psi, phi = torch.randn(5, 7, dtype=torch.float64), torch.randn(5, 7, dtype=torch.float64)
-    raw = norm_transfer(psi, phi)  # METHODS / [code]: ψ_{k,c} = ‖φ_{k,c}‖ · ψ_c
+    raw = norm_transfer(psi, phi)  # the paper and the authors' code: ψ_{k,c} = ‖φ_{k,c}‖ · ψ_c
     torch.testing.assert_close(raw, phi.norm(dim=1, keepdim=True) * psi, rtol=0, atol=0)
     unit = norm_transfer(psi, phi, normalize=True)  # variant: the norms of ψ_k equal those of φ_k
     torch.testing.assert_close(unit.norm(dim=1), phi.norm(dim=1), rtol=1e-12, atol=0)

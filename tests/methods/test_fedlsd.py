@@ -1,4 +1,7 @@
-"""FedLSD (METHODS §3): (1 − β)·CE + β·KL(global ‖ local) over all classes with the frozen received global model."""
+"""FedLSD (Lee et al. 2021):
+
+(1 − β)·CE + β·KL(global ‖ local) over all classes with the frozen received global model.
+"""
 
 from __future__ import annotations
 

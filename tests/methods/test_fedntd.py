@@ -1,4 +1,7 @@
-"""FedNTD (METHODS §3): not-true distillation from the frozen received global model, fidelity metrics, CLI."""
+"""FedNTD (Lee et al., NeurIPS 2022):
+
+Not-true distillation from the frozen received global model, fidelity metrics, CLI.
+"""
 
 from __future__ import annotations
 

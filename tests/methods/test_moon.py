@@ -1,4 +1,4 @@
-"""MOON (METHODS §3): projection head + classifier on z, contrastive loss, per-client previous model, CLI."""
+"""MOON (Li et al., CVPR 2021): projection head + classifier on z, contrastive loss, per-client previous model, CLI."""
 
 from __future__ import annotations
 

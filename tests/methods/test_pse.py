@@ -1,4 +1,4 @@
-"""PSE (METHODS §5): unit properties of the adapter, the attention path, the scores and the excitation."""
+"""PSE: unit properties of the adapter, the attention path, the scores and the excitation."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""PSE (METHODS §5) through Lightning and the FederatedLoop: persistence, mixed precision, the CLI, resume."""
+"""PSE through Lightning and the FederatedLoop: persistence, mixed precision, the CLI, resume."""
 
 import copy
 import math

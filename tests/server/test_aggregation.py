@@ -1,4 +1,4 @@
-"""FedAvg's aggregation rule (METHODS.md §1): ``w ← Σ_S p_k w_k`` with ``p_k = n_k / Σ_S n_j``."""
+"""FedAvg's aggregation rule (McMahan et al., AISTATS 2017): ``w ← Σ_S p_k w_k`` with ``p_k = n_k / Σ_S n_j``."""
 
 from __future__ import annotations
 

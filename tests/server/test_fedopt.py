@@ -1,4 +1,6 @@
-"""Server optimizers (METHODS.md §1): FedAvgM and FedAdagrad/FedAdam/FedYogi, checked against hand arithmetic.
+"""Server optimizers (Hsu et al. 2019; Reddi et al., ICLR 2021):
+
+FedAvgM and FedAdagrad/FedAdam/FedYogi, checked against hand arithmetic.
 
 Every test uses one-element float64 tensors and two clients with 1 and 3 samples (p = 1/4, 3/4), so the
 aggregate ``mean`` and the pseudo-gradient ``Δ = mean − w_g`` are small integers written out in the comments.
@@ -245,7 +247,7 @@ def test_invalid_hyperparameters_raise(build) -> None:
 
 
 def test_defaults_match_the_spec() -> None:
-    # METHODS.md §1: β 0.9, η 1 (FedAvgM); β1 0.9, β2 0.99, τ 1e-3, η 1e-2 (Adam/Yogi).
+    # Hsu et al. 2019; Reddi et al. 2021: β 0.9, η 1 (FedAvgM); β1 0.9, β2 0.99, τ 1e-3, η 1e-2 (Adam/Yogi).
     avgm = FedAvgM()
     assert (avgm.server_lr, avgm.momentum) == (1.0, 0.9)
     for strategy in (FedAdam(), FedYogi()):
