@@ -208,7 +208,7 @@ class FederatedTrainer(L.Trainer):
             raise ValueError("validate/test of a federated run needs data: and --ckpt_path (a round checkpoint)")
         loop = self.build_loop(model, datamodule)
         loop.setup()
-        self.backend.load_client_states(loop, loop.restore(ckpt_path))
+        self.backend.load_client_states(loop, loop.restore(ckpt_path, evaluation=True))
         number = loop.round + 1  # the round the checkpoint completed, 1-based as in the fit table
         metrics = {"round": number, **loop.evaluate()}
         caption = f"round {number} of {loop.last_checkpoint}; global accuracy on the {global_label(loop)}"

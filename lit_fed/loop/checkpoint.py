@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lit_fed.loop.fingerprint import fingerprint_differences
+from lit_fed.loop.fingerprint import TRAINING_ONLY, fingerprint_differences
 
 if TYPE_CHECKING:
     from lit_fed.loop.federated_loop import FederatedLoop
@@ -117,8 +117,9 @@ def loop_payload(loop: FederatedLoop, completed_round: int) -> dict[str, Any]:
     }
 
 
-def _check_same_run(loop: FederatedLoop, payload: dict[str, Any], path: Path) -> None:
-    differences = fingerprint_differences(payload["fingerprint"], loop.fingerprint)
+def _check_same_run(loop: FederatedLoop, payload: dict[str, Any], path: Path, evaluation: bool) -> None:
+    ignore = TRAINING_ONLY if evaluation else ()
+    differences = fingerprint_differences(payload["fingerprint"], loop.fingerprint, ignore)
     if differences and not loop.settings.allow_config_change:
         lines = "\n  ".join(differences)
         raise ValueError(
@@ -140,8 +141,10 @@ def _check_same_run(loop: FederatedLoop, payload: dict[str, Any], path: Path) ->
         )
 
 
-def restore_loop(loop: FederatedLoop, path: str | os.PathLike[str]) -> int:
+def restore_loop(loop: FederatedLoop, path: str | os.PathLike[str], evaluation: bool = False) -> int:
     """Restores a round checkpoint into a set-up ``loop``; returns the first round still to run.
+
+    ``evaluation=True`` (validate/test) ignores the settings that only change training (:data:`TRAINING_ONLY`).
 
     Raises:
         CheckpointError: an unreadable or foreign file.
@@ -149,7 +152,7 @@ def restore_loop(loop: FederatedLoop, path: str | os.PathLike[str]) -> int:
     """
     file = checkpoint_file(path)
     payload = load_checkpoint(file)
-    _check_same_run(loop, payload, file)
+    _check_same_run(loop, payload, file, evaluation)
     live = {c.state_key: c for c in loop.callbacks if c.state_dict()}
     loop.global_state = payload["global_state"]
     loop.initial_personal = loop.context.initial_personal = payload["initial_personal"]

@@ -245,15 +245,17 @@ class FederatedLoop:
         self.last_checkpoint = last
         return last
 
-    def restore(self, path: str | Path) -> int:
+    def restore(self, path: str | Path, evaluation: bool = False) -> int:
         """Restores a round checkpoint into a set-up loop; returns the first round still to run.
+
+        ``evaluation=True``: for validate/test, the training-only settings may differ.
 
         Raises:
             CheckpointError: an unreadable or foreign file.
             ValueError: a checkpoint of a run with other settings (the differences listed), unless
                 ``settings.allow_config_change``.
         """
-        return restore_loop(self, path)
+        return restore_loop(self, path, evaluation)
 
     # -- the run -----------------------------------------------------------------------------------------
     def run_round(self, rnd: int) -> dict[str, Any]:

@@ -63,8 +63,11 @@ def data_description(loop: FederatedLoop) -> str:
     data = loop.datamodule
     parts = [type(data).__qualname__]
     if isinstance(data, FederatedDataModule):
+        # subclasses with their own sources (e.g. Tiny Shakespeare by speaker) lack some of these: the partition digest
+        # below still tells their runs apart
         for name in ("dataset", "partitioner", "batch_size", "train_fraction", "imbalance_ratio"):
-            parts.append(f"{name}={describe(getattr(data, name))}")
+            if hasattr(data, name):
+                parts.append(f"{name}={describe(getattr(data, name))}")
     counts = [str(data.client_num_train_samples(c)) for c in range(loop.num_clients)]
     if isinstance(data, PartitionReport):
         counts += [",".join(str(int(v)) for v in row) for row in data.partition_histogram()]
@@ -93,9 +96,15 @@ def run_fingerprint(loop: FederatedLoop) -> dict[str, str]:
     }
 
 
-def fingerprint_differences(saved: Mapping[str, str], current: Mapping[str, str]) -> list[str]:
-    """One line per differing key: ``key: checkpoint <a> / this run <b>``."""
-    keys = sorted(set(saved) | set(current))
+TRAINING_ONLY = ("client_fraction", "client_dropout", "local_training", "asynchronous", "client_trainer")
+"""Fingerprint keys that only change how clients train: evaluating a checkpoint (validate/test) ignores them."""
+
+
+def fingerprint_differences(
+    saved: Mapping[str, str], current: Mapping[str, str], ignore: tuple[str, ...] = ()
+) -> list[str]:
+    """One line per differing key (except ``ignore``): ``key: checkpoint <a> / this run <b>``."""
+    keys = sorted((set(saved) | set(current)) - set(ignore))
     return [
         f"{key}: checkpoint {saved.get(key, '(absent)')} / this run {current.get(key, '(absent)')}"
         for key in keys

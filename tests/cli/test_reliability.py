@@ -194,6 +194,14 @@ def test_validate_prints_the_fit_table_with_the_loaded_round(finished_run, capsy
     assert "lit_fed results" in out and "round 2 of" in out and "best round" in out
     personal = load_checkpoint(finished_run / "checkpoints/last.ckpt")["history"][-1]["personal_acc"]
     assert f"{100 * personal:.2f}" in out
+    # settings that only change training do not matter to an evaluation; the data does
+    assert (
+        run_main(["validate", *BASE, "--trainer.client_fraction", "0.5", "--ckpt_path", str(finished_run)], capsys)[0]
+        == 0
+    )
+    changed = ["--data.init_args.partitioner.init_args.alpha", "100", "--ckpt_path", str(finished_run)]
+    code, err = run_main(["validate", *BASE, *changed], capsys)
+    assert code == 1 and "data: checkpoint" in "\n".join(err)
 
 
 def test_fedbn_on_a_model_without_batchnorm_warns(tmp_path):

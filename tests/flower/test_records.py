@@ -122,7 +122,7 @@ def test_numpy_dtypes_travel_as_flower_numpy_arrays_and_bfloat16_as_raw_bytes():
 
 def test_config_values_that_are_not_json_fail_loudly():
     message = ServerMessage(round=1, client_id=2, state={}, config={"bad": object()})
-    with pytest.raises(TypeError, match="client 2, round 1"):
+    with pytest.raises(TypeError, match="client 2, round 2"):  # round index 1 is round 2
         message_to_recorddict(message)
 
 

@@ -62,7 +62,7 @@ def test_runs_two_methods_writes_table_plot_and_skips_finished_runs(run_module, 
         assert personal_best == f"{100 * summary['personal_acc']['best']:.2f}"
         assert global_last == f"{100 * summary['global_acc']['last']:.2f}"
         assert global_best == f"{100 * summary['global_acc']['best']:.2f}"
-        best = history[summary["personal_acc"]["best_round"]]
+        best = history[summary["personal_acc"]["best_round"] - 1]  # rounds are numbered from 1
         assert spread == f"{100 * best['personal_acc_mean']:.2f} ± {100 * best['personal_acc_std']:.2f}"
         assert seconds == f"{history[0]['round_seconds']:.1f}"
         assert rounds == "1" and pfllib == reference
