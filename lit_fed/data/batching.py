@@ -13,11 +13,11 @@ Augmentation (random crop with 4-pixel padding and horizontal flip, the standard
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
 
 def normalize_images(images: Tensor, mean: Sequence[float], std: Sequence[float], chunk_size: int = 8192) -> Tensor:
@@ -110,12 +110,57 @@ class TensorBatchDataset(Dataset):
         return images, self.labels[index]
 
 
+class ShuffledBatches(Sampler[list[int]]):
+    """``BatchSampler(RandomSampler(range(n), generator=generator), batch_size, drop_last)``, whoever iterates it.
+
+    ``RandomSampler`` draws a second, unused permutation from its generator when it is exhausted, i.e. only when
+    the consumer asks for a batch past the last one: a plain ``for`` loop does, Lightning (which stops after
+    ``len(loader)`` batches) does not when the last batch is full or dropped. The next epoch's order then depended on
+    the consumer. Here that draw is made just before the last batch is yielded, always; the order is the plain
+    loop's, and Lightning's whenever the last batch is partial and kept.
+
+    Args:
+        length: Number of samples ``n``.
+        batch_size: Positions per batch.
+        generator: Source of each epoch's permutation.
+        drop_last: Drop the last batch when it is partial.
+    """
+
+    def __init__(self, length: int, batch_size: int, generator: torch.Generator, drop_last: bool = False) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.length = int(length)
+        self.batch_size = int(batch_size)
+        self.generator = generator
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.length // self.batch_size
+        return -(-self.length // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.length == 0:
+            return
+        order = torch.randperm(self.length, generator=self.generator).tolist()
+        batches = len(self)
+        if batches == 0:
+            torch.randperm(self.length, generator=self.generator)  # RandomSampler's draw at exhaustion
+            return
+        for i in range(batches):
+            if i == batches - 1:
+                torch.randperm(self.length, generator=self.generator)  # RandomSampler's draw at exhaustion
+            yield order[i * self.batch_size : (i + 1) * self.batch_size]
+
+
 def shuffled_loader(
     dataset: TensorBatchDataset, batch_size: int, generator: torch.Generator, drop_last: bool = False
 ) -> DataLoader:
-    """Batches of ``batch_size`` random positions: a fresh permutation from ``generator`` each epoch."""
-    sampler = BatchSampler(RandomSampler(range(len(dataset)), generator=generator), batch_size, drop_last)
-    return DataLoader(dataset, batch_size=None, sampler=sampler)
+    """Batches of ``batch_size`` random positions: a fresh permutation from ``generator`` each epoch.
+
+    The order does not depend on whether the consumer asks past the last batch (see :class:`ShuffledBatches`).
+    """
+    return DataLoader(dataset, batch_size=None, sampler=ShuffledBatches(len(dataset), batch_size, generator, drop_last))
 
 
 def sequential_loader(dataset: TensorBatchDataset, batch_size: int) -> DataLoader:

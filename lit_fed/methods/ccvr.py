@@ -101,13 +101,34 @@ def pool_feature_statistics(stats: Sequence[FeatureStatistics]) -> FeatureStatis
     return FeatureStatistics(pooled_mean, pooled_cov, total.round().long())
 
 
+def _covariance_factor(cov: Tensor) -> Tensor:
+    """``V diag(√λ)`` with ``Σ = V diag(λ) Vᵀ``, made independent of how the eigensolver rounds.
+
+    Eigenvalues below ``d · eps · λ_max`` (zero up to rounding: the null space of a singular covariance) are set to
+    0, so the arbitrary basis the solver picks for that space contributes nothing; features of zero variance get
+    exactly zero loadings; each remaining eigenvector's sign is fixed (its largest-magnitude entry positive).
+    Without these, the same ``Σ`` up to 1e-17 (another CPU's BLAS kernels) drew different virtual features from
+    the same noise.
+    """
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+    tolerance = cov.shape[-1] * torch.finfo(cov.dtype).eps * eigenvalues.abs().max()
+    eigenvalues = torch.where(eigenvalues > tolerance, eigenvalues, torch.zeros_like(eigenvalues))
+    # a feature with zero variance is constant: no eigenvector of a nonzero eigenvalue moves it (exactly, not 1e-17)
+    eigenvectors = eigenvectors * (cov.diagonal() > 0).unsqueeze(1)
+    pivot = eigenvectors.abs().argmax(dim=0, keepdim=True)
+    signs = eigenvectors.gather(0, pivot).sign()
+    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
+    return eigenvectors * signs * eigenvalues.sqrt()
+
+
 def sample_virtual_features(
     stats: FeatureStatistics, samples_per_class: int, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
     """``M_c`` virtual features per class from ``N(μ_c, Σ_c)``, for every class with ``N_c > 0``.
 
-    Draws ``μ_c + V diag(√λ) ε`` with ``Σ_c = V diag(λ) Vᵀ`` (negative eigenvalues from rounding clipped to 0), which
-    handles the singular covariances of classes with fewer samples than feature dimensions.
+    Draws ``μ_c + V diag(√λ) ε`` with ``Σ_c = V diag(λ) Vᵀ`` (eigenvalues that are zero up to rounding set to 0,
+    eigenvector signs fixed: see :func:`_covariance_factor`), which handles the singular covariances of classes with
+    fewer samples than feature dimensions.
 
     Args:
         stats: Pooled statistics.
@@ -123,8 +144,7 @@ def sample_virtual_features(
     labels: list[Tensor] = []
     for c in (stats.counts > 0).nonzero().flatten().tolist():
         mean, cov = stats.means[c].double().cpu(), stats.covariances[c].double().cpu()
-        eigenvalues, eigenvectors = torch.linalg.eigh(cov)
-        scale = eigenvectors * eigenvalues.clamp_min(0.0).sqrt()
+        scale = _covariance_factor(cov)
         noise = torch.randn(samples_per_class, mean.numel(), generator=generator, dtype=torch.float64)
         features.append((mean + noise @ scale.T).float())
         labels.append(torch.full((samples_per_class,), c, dtype=torch.long))

@@ -3,8 +3,9 @@
 Each ``configs/method/*.yaml`` runs as in the method contract test (``test_contract.py``: synthetic data, 2 clients,
 2 rounds, the contract's overrides) and is summarized by SHA-256 digests of its final global state, of every client's
 stored personal state and of its metric history (timing left out). ``state_hashes.json`` holds the digests of a
-reference run; ``test_state_hashes.py`` checks that today's code reproduces them bit for bit where the numerical
-environment is the reference's (same torch version and machine architecture).
+reference run per numerical environment (torch version, machine architecture, CPU model and the kernels torch
+dispatches to: the same code gives other bits on another CPU); ``test_contract.py`` checks that today's code
+reproduces them bit for bit where this machine's environment has a reference, and skips elsewhere.
 
 Record the reference again only for a deliberate numerical change, and say which configs changed and why::
 
@@ -31,9 +32,41 @@ HERE = Path(__file__).resolve().parent
 REFERENCE = HERE / "state_hashes.json"
 
 
+def _cpu_model() -> str:
+    """The CPU's vendor, family and model numbers (``/proc/cpuinfo``), else what ``platform`` says."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "unknown"
+    fields: dict[str, str] = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("vendor_id", "cpu family", "model") and key not in fields:
+            fields[key] = value.strip()
+    return " ".join(fields.get(k, "?") for k in ("vendor_id", "cpu family", "model"))
+
+
 def environment() -> dict[str, str]:
-    """What must match for digests to be comparable: torch's version and the machine architecture."""
-    return {"torch": torch.__version__.split("+")[0], "machine": platform.machine()}
+    """What must match for digests to be comparable: torch, the architecture, the CPU and torch's kernels for it."""
+    return {
+        "torch": torch.__version__.split("+")[0],
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def load_references() -> list[dict[str, Any]]:
+    """Every stored reference (one per environment)."""
+    if not REFERENCE.exists():
+        return []
+    return list(json.loads(REFERENCE.read_text())["references"])
+
+
+def reference_for(env: dict[str, str]) -> dict[str, Any] | None:
+    """The stored reference recorded in ``env``, if any."""
+    return next((r for r in load_references() if r["environment"] == env), None)
 
 
 def state_digest(state: dict[str, torch.Tensor] | None) -> str:
@@ -120,7 +153,10 @@ def main() -> None:
     root = HERE.parents[1]
     names = args.names or sorted(p.stem for p in (root / "configs/method").glob("*.yaml"))
     digests = {}
-    saved = json.loads(REFERENCE.read_text()) if REFERENCE.exists() else {}
+    env = environment()
+    saved = reference_for(env) or {}
+    if args.check and not saved:
+        sys.exit(f"no reference digests for this environment {env} in {REFERENCE}; --write records them")
     reference = saved.get("configs", {}) if args.check else {}
     partial_write = args.write and bool(args.names)
     if (args.check or partial_write) and not args.history_without:  # metrics added since the reference was written
@@ -136,12 +172,16 @@ def main() -> None:
             )
         print(line, flush=True)
     if args.write:
-        if args.names and REFERENCE.exists():  # some configs: the others keep their reference digests
-            digests = {**json.loads(REFERENCE.read_text())["configs"], **digests}
-        digests = dict(sorted(digests.items()))
-        content = {"environment": environment(), "history_leaves_out": list(args.history_without), "configs": digests}
-        REFERENCE.write_text(json.dumps(content, indent=1) + "\n")
-        print(f"wrote {REFERENCE}")
+        if args.names:  # some configs: the others keep their reference digests
+            digests = {**saved.get("configs", {}), **digests}
+        entry = {
+            "environment": env,
+            "history_leaves_out": list(args.history_without),
+            "configs": dict(sorted(digests.items())),
+        }
+        others = [r for r in load_references() if r["environment"] != env]
+        REFERENCE.write_text(json.dumps({"references": [*others, entry]}, indent=1) + "\n")
+        print(f"wrote {REFERENCE} ({env})")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,29 @@ def test_virtual_features_follow_the_pooled_gaussian_and_skip_absent_classes():
     torch.testing.assert_close(torch.cov(virtual.double().T), pooled.covariances[0], rtol=0.05, atol=0.05)
 
 
+def test_virtual_features_do_not_depend_on_how_the_eigensolver_rounds():
+    """Σ changed by 1e-17 where it is nonzero (another CPU's BLAS) draws the same features from the same noise.
+
+    A rank-deficient class (5 samples, 32 dimensions): its null-space basis is arbitrary and its eigenvector signs
+    are not unique; both must not reach the draws.
+    """
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 32, generator=generator, dtype=torch.float64).relu()
+    pooled = pool_feature_statistics([feature_statistics(x, torch.zeros(5, dtype=torch.long), 1)])
+    noise = torch.randn(pooled.covariances.shape, generator=generator, dtype=torch.float64) * 1e-17
+    noise = 0.5 * (noise + noise.transpose(1, 2)) * (pooled.covariances != 0)
+    perturbed = type(pooled)(pooled.means, pooled.covariances + noise, pooled.counts)
+    assert not torch.equal(perturbed.covariances, pooled.covariances)
+    draws = [sample_virtual_features(s, 50, torch.Generator().manual_seed(4))[0] for s in (pooled, perturbed)]
+    assert torch.equal(draws[0], draws[1])
+    # and each draw lies in the class's span: centred draws are orthogonal to the covariance's null space
+    eigenvalues, eigenvectors = torch.linalg.eigh(pooled.covariances[0])
+    null = eigenvectors[:, eigenvalues < 1e-12]
+    assert null.shape[1] >= 32 - 4
+    centred = draws[0].double() - pooled.means[0]
+    assert (centred @ null).abs().max() < 1e-5
+
+
 def test_calibration_trains_only_the_classifier(client_factory):
     client = client_factory()
     assert set(classifier_parameters(client, 32)) == {"backbone.fc.weight", "backbone.fc.bias"}
