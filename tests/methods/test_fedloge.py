@@ -423,10 +423,10 @@ def test_masking_in_the_loop_uses_each_clients_training_counts(tmp_path):
 
 def test_label_counts_come_from_the_dataset_without_iterating(datamodule):
     loader = datamodule.client_train_dataloader(0, 0)
-    state = loader.sampler.sampler.generator.get_state()
+    state = loader.sampler.generator.get_state()
     counts = dataloader_label_counts(loader, 4)
     assert torch.equal(counts, datamodule.client_label_counts(0))
-    assert torch.equal(loader.sampler.sampler.generator.get_state(), state)  # no random numbers consumed
+    assert torch.equal(loader.sampler.generator.get_state(), state)  # no random numbers consumed
     pairs = [(torch.zeros(2, 1), torch.tensor([1, 3])), (torch.zeros(1, 1), torch.tensor([3]))]
     assert dataloader_label_counts(pairs, 4).tolist() == [0, 1, 0, 2]  # fallback: iterate
 
