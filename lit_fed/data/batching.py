@@ -143,14 +143,12 @@ class ShuffledBatches(Sampler[list[int]]):
         if self.length == 0:
             return
         order = torch.randperm(self.length, generator=self.generator).tolist()
-        batches = len(self)
-        if batches == 0:
-            torch.randperm(self.length, generator=self.generator)  # RandomSampler's draw at exhaustion
-            return
-        for i in range(batches):
-            if i == batches - 1:
-                torch.randperm(self.length, generator=self.generator)  # RandomSampler's draw at exhaustion
-            yield order[i * self.batch_size : (i + 1) * self.batch_size]
+        size, batches = self.batch_size, len(self)
+        for i in range(batches - 1):
+            yield order[i * size : (i + 1) * size]
+        torch.randperm(self.length, generator=self.generator)  # RandomSampler's draw at exhaustion
+        if batches:
+            yield order[(batches - 1) * size : batches * size]
 
 
 def shuffled_loader(

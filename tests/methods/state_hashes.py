@@ -64,9 +64,9 @@ def load_references() -> list[dict[str, Any]]:
     return list(json.loads(REFERENCE.read_text())["references"])
 
 
-def reference_for(env: dict[str, str]) -> dict[str, Any] | None:
-    """The stored reference recorded in ``env``, if any."""
-    return next((r for r in load_references() if r["environment"] == env), None)
+def reference_for(env: dict[str, str], references: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The reference among ``references`` (see :func:`load_references`) recorded in ``env``, if any."""
+    return next((r for r in references if r["environment"] == env), None)
 
 
 def state_digest(state: dict[str, torch.Tensor] | None) -> str:
@@ -154,7 +154,8 @@ def main() -> None:
     names = args.names or sorted(p.stem for p in (root / "configs/method").glob("*.yaml"))
     digests = {}
     env = environment()
-    saved = reference_for(env) or {}
+    references = load_references()
+    saved = reference_for(env, references) or {}
     if args.check and not saved:
         sys.exit(f"no reference digests for this environment {env} in {REFERENCE}; --write records them")
     reference = saved.get("configs", {}) if args.check else {}
@@ -179,7 +180,7 @@ def main() -> None:
             "history_leaves_out": list(args.history_without),
             "configs": dict(sorted(digests.items())),
         }
-        others = [r for r in load_references() if r["environment"] != env]
+        others = [r for r in references if r["environment"] != env]
         REFERENCE.write_text(json.dumps({"references": [*others, entry]}, indent=1) + "\n")
         print(f"wrote {REFERENCE} ({env})")
 

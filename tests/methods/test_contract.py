@@ -469,7 +469,7 @@ def _state_hashes() -> Any:
 
 HASHES = _state_hashes()
 REFERENCES = HASHES.load_references()
-REFERENCE = HASHES.reference_for(HASHES.environment())
+REFERENCE = HASHES.reference_for(HASHES.environment(), REFERENCES)
 
 
 @pytest.mark.parametrize("index", range(len(REFERENCES)))
